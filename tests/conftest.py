@@ -1,0 +1,34 @@
+"""Shared test fixtures: real image data prepared once per session from the offline archives.
+
+The archives live in ``../shared/datasets`` beside the repository on our machines (override with
+``CONVIT_DATA_ARCHIVES``). Tests never download anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def archives_dir() -> Path:
+    """Folder holding the dataset archives (see ../shared/datasets/README.md)."""
+    path = Path(os.environ.get("CONVIT_DATA_ARCHIVES", REPO.parent / "shared" / "datasets"))
+    if not path.is_dir():
+        pytest.skip(f"dataset archives not found at {path} (set CONVIT_DATA_ARCHIVES)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixture_data_root(tmp_path_factory: pytest.TempPathFactory, archives_dir: Path) -> Path:
+    """A data root with both image fixtures prepared (cifar10-fixture, tiny-imagenet-fixture)."""
+    from convit import data
+
+    root = tmp_path_factory.mktemp("data")
+    for name in ("cifar10-fixture", "tiny-imagenet-fixture"):
+        data.prepare(name, root, archives=archives_dir)
+    return root
