@@ -100,7 +100,8 @@ class RecipeSpec:
     reprob: float = 0.25
     remode: str = "pixel"
     recount: int = 1
-    #: repeated augmentation (timm RepeatAugSampler, 3 repeats); epoch = floor(N / ra_round) * ra_round samples.
+    #: repeated augmentation (timm RepeatAugSampler, 3 repeats); an epoch is floor(N / ra_round) * ra_round
+    #: samples (DeiT/ConViT convention).
     repeated_aug: bool = True
     ra_round: int = 256
     drop_path: float = 0.1

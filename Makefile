@@ -1,0 +1,34 @@
+# The README's two commands: `make run` (the main job, a real small experiment on this machine) and
+# `make test` (the test suite). Both install what they need first, so they work on a fresh machine.
+#
+# Machine facts come from the environment, never from the code:
+#   CONVIT_DATA_ARCHIVES  folder with the offline dataset archives (our machines: ../shared/datasets)
+#   CONVIT_DATA_ROOT      where prepared datasets live (default here: ./data, git-ignored)
+#   CONVIT_RUNS           where run directories live (default: ./runs, git-ignored)
+
+PYTHON ?= python3
+export CONVIT_DATA_ARCHIVES ?= $(abspath ../shared/datasets)
+export CONVIT_DATA_ROOT ?= $(abspath data)
+SUITE ?= sample_efficiency
+SCALE ?= cpu
+
+.PHONY: install run test slurm lint
+
+install:
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+run: install
+	$(PYTHON) -m convit.data prepare cifar10
+	$(PYTHON) experiments/launch.py $(SUITE) --scale $(SCALE)
+
+# The SLURM integration tests need a real single-node cluster; slurm/cluster.sh starts one (root, Debian).
+# Where it cannot start (a laptop without root), those tests skip with a reason; CI (CI=true) requires it.
+slurm:
+	@if [ "$$CI" = "true" ]; then bash slurm/cluster.sh start; \
+	else bash slurm/cluster.sh start || echo "SLURM test cluster not started: SLURM tests will be skipped"; fi
+
+test: install slurm
+	$(PYTHON) -m pytest -q -ra
+
+lint:
+	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
