@@ -1,0 +1,840 @@
+"""Datasets for the ConViT reproduction: preparation, the paper's subsampling, DeiT transforms, loader speed.
+
+Every dataset lives under a *data root* as an ImageFolder tree, ``<root>/<name>/{train,val}/<class>/<files>``,
+so ImageNet, Tiny-ImageNet, CIFAR and the test fixtures share one code path (the original ConViT code only
+subsamples its ImageFolder ImageNet path; reference section 2.1). The data root is a machine fact, never part
+of a spec: it comes from an argument or ``CONVIT_DATA_ROOT``.
+
+Commands::
+
+    python -m convit.data prepare NAME [--root R] [--archives A] [--from PATH] [--force]
+    python -m convit.data bench NAME --img-size S --batch B --workers W [--root R] [--seconds T]
+    python -m convit.data list [--root R]
+
+Decisions (all faithful to the original ``datasets.py`` unless said otherwise):
+
+* Subsampling (``fraction``) applies to the training split only. For each class, in sorted class-folder
+  order, ``n_c`` is the number of *entries* of the class folder (``len(os.listdir)``, non-images included,
+  as the original), and the first ``int(n_c * fraction)`` *valid image files* in sorted filename order are
+  kept. On the prepared datasets class folders hold images only, so ``n_c`` is also the image count.
+  ``num_classes=k`` keeps the first k sorted classes on both splits.
+* Normalisation uses the ImageNet mean/std for every dataset: the original calls ``create_transform``
+  without mean/std and normalises its evaluation transform with ImageNet statistics, CIFAR included.
+* At ``img_size <= 32`` the original swaps RandomResizedCrop for ``RandomCrop(img_size, padding=4)`` and
+  evaluates without resizing (its ``resize_im`` switch); we do the same (a no-op Resize keeps other native
+  sizes working). Above 32 px (64 px Tiny-ImageNet, CIFAR-100 upsampled to 224 px as in reference section
+  5.1) it is the DeiT pipeline: RandomResizedCrop at ``img_size`` for training, and
+  ``Resize(int(img_size / crop_pct))`` + ``CenterCrop(img_size)`` for evaluation.
+* The CIFAR-10 copy in the offline archives is JPEG (quality 75); CIFAR prepared from the official pickles
+  (download or ``cifar-10-python.tar.gz``) is exported losslessly as PNG. File ``k`` of a class is the k-th
+  image of that class in official order either way. The completion marker records which source was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from convit.spec import DataSpec, RecipeSpec
+
+__all__ = [
+    "ENV_ARCHIVES",
+    "ENV_DATA_ROOT",
+    "IMG_EXTENSIONS",
+    "CorruptImageError",
+    "DataError",
+    "DatasetInfo",
+    "ImageFolderDataset",
+    "bench",
+    "build_datasets",
+    "build_transform",
+    "dataset_info",
+    "dataset_names",
+    "is_prepared",
+    "list_images",
+    "load_image",
+    "main",
+    "num_classes",
+    "prepare",
+    "resolve_data_root",
+    "subsample",
+]
+
+ENV_DATA_ROOT = "CONVIT_DATA_ROOT"
+ENV_ARCHIVES = "CONVIT_DATA_ARCHIVES"
+#: the original code's IMG_EXTENSIONS (matched case-insensitively).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MARKER = ".convit-prepared.json"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(RuntimeError):
+    """A data problem the user can fix (unknown dataset, data not prepared, missing archive, bad checksum)."""
+
+
+class CorruptImageError(DataError):
+    """An image file that PIL cannot decode; the message names the file so it can be replaced or removed."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset; ``folder`` is its directory under the data root."""
+
+    name: str
+    num_classes: int
+    #: native image side in pixels; None for variable-size images (ImageNet).
+    image_size: int | None
+    #: normalisation used by the transforms (ImageNet statistics everywhere, as the original code).
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    folder: str
+    splits: tuple[str, ...] = ("train", "val")
+    #: expected image counts per split (checked by prepare); None: not checked.
+    num_train: int | None = None
+    num_val: int | None = None
+
+
+def _info(name: str, k: int, size: int | None, n_train: int | None, n_val: int | None) -> DatasetInfo:
+    return DatasetInfo(name, k, size, _IMAGENET_MEAN, _IMAGENET_STD, name, ("train", "val"), n_train, n_val)
+
+
+_DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        _info("imagenet", 1000, None, 1_281_167, 50_000),
+        _info("tiny-imagenet", 200, 64, 100_000, 10_000),
+        _info("cifar10", 10, 32, 50_000, 10_000),
+        _info("cifar100", 100, 32, 50_000, 10_000),
+        _info("cifar10-fixture", 10, 32, 200, 100),
+        _info("tiny-imagenet-fixture", 10, 64, 200, 100),
+    )
+}
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """One acceptable local archive for a dataset, as a path relative to the archives folder."""
+
+    relpath: str
+    md5: str | None
+    #: "imagefolder": tar with train/ and val/ (or test/); "cifar10-python" / "cifar100-python": the
+    #: official pickles; "tiny-official": the cs231n zip with its own val layout.
+    kind: str
+
+
+_CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+_CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+_TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+_TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+_ARCHIVES: dict[str, tuple[_Archive, ...]] = {
+    "cifar10": (
+        _Archive(
+            "cifar10-jpeg/CIFAR-10-images_jpeg.tar.gz", "1dbfebf4d362f3dcbce335f99bd32fe3", "imagefolder"
+        ),
+        _Archive("cifar-10-python.tar.gz", _CIFAR10_MD5, "cifar10-python"),
+        _Archive("cifar10/cifar-10-python.tar.gz", _CIFAR10_MD5, "cifar10-python"),
+    ),
+    "cifar100": (
+        _Archive("cifar-100-python.tar.gz", _CIFAR100_MD5, "cifar100-python"),
+        _Archive("cifar100/cifar-100-python.tar.gz", _CIFAR100_MD5, "cifar100-python"),
+    ),
+    "tiny-imagenet": (
+        _Archive(
+            "tiny-imagenet-200/tiny-imagenet-200_imagefolder_trainval.tar.gz",
+            "be258f771f7b0418993ee4858365a142",
+            "imagefolder",
+        ),
+        _Archive("tiny-imagenet-200.zip", _TINY_MD5, "tiny-official"),
+        _Archive("tiny-imagenet-200/tiny-imagenet-200.zip", _TINY_MD5, "tiny-official"),
+    ),
+    "cifar10-fixture": (
+        _Archive("fixtures/cifar10-jpeg-fixture.tar.gz", "60b97a94d94101fc9683a01ced7e81d0", "imagefolder"),
+    ),
+    "tiny-imagenet-fixture": (
+        _Archive(
+            "fixtures/tiny-imagenet-fixture-10cls.tar.gz", "44b9839aa38a4b8acaea9e1d204cd0b4", "imagefolder"
+        ),
+    ),
+    "imagenet": (),
+}
+
+
+def dataset_names() -> list[str]:
+    """Names accepted by :func:`dataset_info`, :func:`prepare` and ``DataSpec.name``."""
+    return list(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Facts about dataset ``name``; an unknown name raises :class:`DataError` listing the valid ones."""
+    try:
+        return _DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(_DATASETS)}") from None
+
+
+def num_classes(data: DataSpec) -> int:
+    """Classes the model must output for ``data`` (its ``num_classes`` if set, else the dataset's)."""
+    info = dataset_info(data.name)
+    if data.num_classes is not None and data.num_classes > info.num_classes:
+        raise DataError(f"{data.name} has {info.num_classes} classes, cannot keep {data.num_classes}")
+    return data.num_classes or info.num_classes
+
+
+def resolve_data_root(explicit: str | Path | None = None) -> Path:
+    """The data root: ``explicit`` if given, else ``$CONVIT_DATA_ROOT``; paths never come from the code."""
+    value = explicit if explicit not in (None, "") else os.environ.get(ENV_DATA_ROOT)
+    if not value:
+        raise DataError(
+            f"no data root given: pass --root DIR (data_root=...) or set {ENV_DATA_ROOT}=DIR "
+            "(the folder that holds the prepared datasets)"
+        )
+    return Path(value).expanduser()
+
+
+def _prepare_command(name: str, root: Path | None) -> str:
+    where = f" --root {root}" if root is not None else ""
+    if name == "imagenet":
+        return f"python -m convit.data prepare imagenet --from /path/to/imagenet{where}"
+    return f"python -m convit.data prepare {name}{where} [--archives DIR]"
+
+
+def is_prepared(name: str, root: str | Path) -> bool:
+    """True when ``<root>/<folder>`` is complete.
+
+    That is: it has prepare's completion marker, or it is a user's ImageFolder root (a symlink, or any folder
+    for ImageNet, which is never extracted by us) with all its split folders.
+    """
+    path = Path(root) / dataset_info(name).folder
+    if (path / MARKER).is_file():
+        return True
+    linked = path.is_symlink() or name == "imagenet"
+    return linked and all((path / s).is_dir() for s in dataset_info(name).splits)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Listing and the paper's subsampling
+# ----------------------------------------------------------------------------------------------------
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMG_EXTENSIONS)
+
+
+def _walk_key(relpath: str) -> tuple[str, str]:
+    # The original iterates sorted(os.walk(class_dir)) (folders by path, the class folder first) and
+    # sorted(fnames) inside each folder; (dirname, basename) reproduces that order for relative paths.
+    return os.path.dirname(relpath), os.path.basename(relpath)
+
+
+def subsample(
+    files_by_class: Mapping[str, Sequence[str]],
+    fraction: float = 1.0,
+    num_classes: int | None = None,
+    entry_counts: Mapping[str, int] | None = None,
+) -> dict[str, list[str]]:
+    """The paper's per-class subsampling (reference 2.1), as a pure function of file names.
+
+    ``files_by_class`` maps a class name to the files of its folder (paths relative to the class folder, any
+    order, non-images allowed). Classes are taken in sorted order, the first ``num_classes`` only; each keeps
+    its first ``int(n_c * fraction)`` image files in the original's walk order (sorted names). ``n_c`` is
+    ``entry_counts[c]`` when given (the original's ``len(os.listdir(class_dir))``), else the number of names
+    given for the class. There is no randomness, so the subsets are nested across fractions.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    classes = sorted(files_by_class)
+    if num_classes is not None:
+        classes = classes[:num_classes]
+    kept: dict[str, list[str]] = {}
+    for cls in classes:
+        files = files_by_class[cls]
+        n_c = entry_counts[cls] if entry_counts is not None else len(files)
+        quota = int(n_c * fraction)  # the original's int(len(os.listdir()) * sampling_ratio)
+        images = [f for f in sorted(files, key=_walk_key) if _is_image(f)]
+        kept[cls] = images[:quota]
+    return kept
+
+
+def _scan_class(class_dir: Path) -> tuple[list[str], int]:
+    """All files under ``class_dir`` (relative paths) and its entry count, in one pass over the folder."""
+    files: list[str] = []
+    entries = 0
+    for dirpath, dirs, names in os.walk(class_dir, followlinks=True):
+        rel = os.path.relpath(dirpath, class_dir)
+        if rel == ".":
+            entries = len(dirs) + len(names)  # == len(os.listdir(class_dir)), without a second scan
+            files.extend(names)
+        else:
+            files.extend(os.path.join(rel, n) for n in names)
+    return files, entries
+
+
+def _find_classes(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        raise DataError(f"missing split folder {split_dir}")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir(follow_symlinks=True))
+    if not classes:
+        raise DataError(f"no class folders in {split_dir}")
+    return classes
+
+
+def list_images(
+    split_dir: str | Path,
+    fraction: float = 1.0,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """Scan an ImageFolder split once and apply :func:`subsample`: returns (classes, [(path, target)])."""
+    split_dir = Path(split_dir)
+    all_classes = list(classes) if classes is not None else _find_classes(split_dir)
+    chosen = sorted(all_classes)[:num_classes] if num_classes is not None else sorted(all_classes)
+    files: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for cls in chosen:
+        if not (split_dir / cls).is_dir():
+            raise DataError(f"class folder {split_dir / cls} is missing")
+        files[cls], counts[cls] = _scan_class(split_dir / cls)
+    kept = subsample(files, fraction, None, counts)
+    samples = [(str(split_dir / cls / f), idx) for idx, cls in enumerate(chosen) for f in kept[cls]]
+    return chosen, samples
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------------------------------
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image as RGB (greyscale, CMYK, palette and alpha images are converted).
+
+    Any decoding failure becomes :class:`CorruptImageError` naming the file: a bare PIL error inside a
+    DataLoader worker does not say which of a million files is bad.
+    """
+    try:
+        with open(path, "rb") as fh:
+            img = Image.open(fh)
+            return img.convert("RGB")  # convert() forces the full decode inside this try
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptImageError(f"cannot decode image {path}: {exc}") from exc
+
+
+class ImageFolderDataset(Dataset):
+    """An ImageFolder split with the paper's subsampling, scanned once at construction.
+
+    ``samples`` (list of (path, target)), ``targets`` and ``classes`` are plain lists so samplers and tests
+    can use them without touching the files.
+    """
+
+    def __init__(
+        self,
+        split_dir: str | Path,
+        transform: Callable[[Image.Image], Any] | None = None,
+        fraction: float = 1.0,
+        num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(split_dir)
+        self.transform = transform
+        self.fraction = fraction
+        self.classes, self.samples = list_images(self.root, fraction, num_classes, classes)
+        if not self.samples:
+            raise DataError(f"no image files found under {self.root} (fraction={fraction})")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        img = load_image(path)
+        return (self.transform(img) if self.transform is not None else img), target
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, images={len(self)}, "
+            f"classes={len(self.classes)}, fraction={self.fraction})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------------
+def build_transform(
+    is_training: bool,
+    data: DataSpec,
+    recipe: RecipeSpec | None = None,
+    *,
+    small_input_crop: bool | None = None,
+) -> Callable[[Image.Image], Any]:
+    """The DeiT/ConViT transform for ``data`` (reference section 6), built from timm and torchvision.
+
+    ``small_input_crop`` (default: ``img_size <= 32``, the original's ``not resize_im``) trains with
+    ``RandomCrop(img_size, padding=4)`` instead of RandomResizedCrop and evaluates without the crop_pct
+    resize.
+    """
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    info = dataset_info(data.name)
+    recipe = recipe if recipe is not None else RecipeSpec()
+    size = data.img_size
+    small = size <= 32 if small_input_crop is None else small_input_crop
+    bicubic = transforms.InterpolationMode.BICUBIC
+    if is_training:
+        tf = create_transform(
+            input_size=size,
+            is_training=True,
+            auto_augment=recipe.rand_augment,
+            color_jitter=recipe.color_jitter,  # timm ignores it when RandAugment is on, as timm 0.3.2 did
+            interpolation="bicubic",
+            re_prob=recipe.reprob,
+            re_mode=recipe.remode,
+            re_count=recipe.recount,
+            mean=info.mean,
+            std=info.std,
+        )
+        if small:
+            # Resize is a no-op at the native size; it only matters for larger images at a small img_size.
+            tf.transforms[0] = transforms.Compose(
+                [transforms.Resize(size, interpolation=bicubic), transforms.RandomCrop(size, padding=4)]
+            )
+        return tf
+    resize = size if small else int(size / data.crop_pct)  # int(img_size / 0.875) == original int(256/224*s)
+    return transforms.Compose(
+        [
+            transforms.Resize(resize, interpolation=bicubic),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(info.mean, info.std),
+        ]
+    )
+
+
+def build_datasets(
+    data: DataSpec, recipe: RecipeSpec, data_root: str | Path | None = None
+) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+    """(train, val) for a spec: training transform and subsampling on train, eval transform on the full val.
+
+    Val uses train's (first-k) class list so labels agree between splits.
+    """
+    info = dataset_info(data.name)
+    k = num_classes(data)
+    try:
+        root = resolve_data_root(data_root)
+    except DataError as exc:
+        raise DataError(f"{exc}; then prepare the data with: {_prepare_command(info.name, None)}") from None
+    base = root / info.folder
+    if not is_prepared(info.name, root):
+        state = "is incomplete" if base.exists() else "is not prepared"
+        raise DataError(f"dataset {info.name} {state} under {root}; run: {_prepare_command(info.name, root)}")
+    classes = _find_classes(base / "train")
+    if classes != _find_classes(base / "val"):
+        raise DataError(
+            f"class folders of {base / 'train'} and {base / 'val'} differ; re-run prepare --force"
+        )
+    if len(classes) < k:
+        raise DataError(f"{base / 'train'} has {len(classes)} class folders, fewer than the {k} requested")
+    train_tf, val_tf = build_transform(True, data, recipe), build_transform(False, data, recipe)
+    train = ImageFolderDataset(base / "train", train_tf, data.fraction, data.num_classes, classes)
+    val = ImageFolderDataset(base / "val", val_tf, 1.0, data.num_classes, classes)
+    return train, val
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prepare
+# ----------------------------------------------------------------------------------------------------
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _say(msg: str) -> None:
+    print(f"[convit.data] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so concurrent prepares of one dataset (several jobs on one node) do the work once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _count_split(split_dir: Path) -> tuple[int, int]:
+    """(classes, images) of an assembled split."""
+    classes = _find_classes(split_dir)
+    images = sum(sum(1 for f in _scan_class(split_dir / c)[0] if _is_image(f)) for c in classes)
+    return len(classes), images
+
+
+def _verify(info: DatasetInfo, out: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for split, expected in (("train", info.num_train), ("val", info.num_val)):
+        n_cls, n_img = _count_split(out / split)
+        if n_cls != info.num_classes or (expected is not None and n_img != expected):
+            raise DataError(
+                f"{info.name} {split}: found {n_cls} classes / {n_img} images, expected {info.num_classes} / "
+                f"{expected}; the source is incomplete or not {info.name}"
+            )
+        counts[split] = n_img
+    return counts
+
+
+def _split_base(raw: Path) -> Path:
+    """The folder of an extracted archive that holds train/ (the archive root or its single top folder)."""
+    for cand in [raw, *sorted(p for p in raw.iterdir() if p.is_dir())]:
+        if (cand / "train").is_dir():
+            return cand
+    raise DataError(f"archive has no train/ folder (top level: {sorted(p.name for p in raw.iterdir())})")
+
+
+def _assemble_imagefolder(raw: Path, out: Path) -> None:
+    base = _split_base(raw)
+    val = base / "val" if (base / "val").is_dir() else base / "test"  # CIFAR-10 JPEG: test/ is the val split
+    if not val.is_dir():
+        raise DataError(f"archive has neither val/ nor test/ beside train/ in {base.name}")
+    out.mkdir()
+    (base / "train").rename(out / "train")
+    val.rename(out / "val")
+    if (base / "meta").is_dir():
+        (base / "meta").rename(out / "meta")
+
+
+def _assemble_tiny_official(raw: Path, out: Path) -> None:
+    """The cs231n zip -> ImageFolder: train/<wnid>/images/* up one level, val/ sorted by val_annotations.txt.
+
+    Bounding-box files move to meta/ so class folders hold images only (same layout as the offline archive).
+    """
+    base = next((p for p in [raw, raw / "tiny-imagenet-200"] if (p / "wnids.txt").is_file()), None)
+    if base is None:
+        raise DataError("not a Tiny-ImageNet archive: wnids.txt not found")
+    (out / "train").mkdir(parents=True)
+    (out / "val").mkdir()
+    (out / "meta" / "train_boxes").mkdir(parents=True)
+    for wnid in (base / "wnids.txt").read_text().split():
+        src = base / "train" / wnid
+        (src / "images").rename(out / "train" / wnid)
+        for boxes in src.glob("*_boxes.txt"):
+            boxes.rename(out / "meta" / "train_boxes" / boxes.name)
+    annotations = base / "val" / "val_annotations.txt"
+    for line in annotations.read_text().splitlines():
+        if not line.strip():
+            continue
+        fname, wnid = line.split("\t")[:2]
+        (out / "val" / wnid).mkdir(exist_ok=True)
+        (base / "val" / "images" / fname).rename(out / "val" / wnid / fname)
+    for meta in ("wnids.txt", "words.txt"):
+        if (base / meta).is_file():
+            (base / meta).rename(out / "meta" / meta)
+    annotations.rename(out / "meta" / "val_annotations.txt")
+
+
+def _export_cifar(dataset: Any, split_dir: Path) -> None:
+    """Write a torchvision CIFAR split (``data`` N x 32 x 32 x 3, ``targets``, ``classes``) as lossless PNGs.
+
+    File ``k`` of a class is its k-th image in official order, the naming of the offline JPEG copy.
+    """
+    seen = [0] * len(dataset.classes)
+    for cls in dataset.classes:
+        (split_dir / cls).mkdir(parents=True)
+    for array, target in zip(dataset.data, dataset.targets, strict=True):
+        name = f"{seen[target]:04d}.png"
+        seen[target] += 1
+        Image.fromarray(array).save(split_dir / dataset.classes[target] / name, compress_level=1)
+
+
+def _assemble_cifar_python(kind: str, download_dir: Path, out: Path) -> None:
+    """Official CIFAR pickles (already in ``download_dir`` or fetched by torchvision) -> PNG ImageFolder."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if kind == "cifar10-python" else datasets.CIFAR100
+    for split, train in (("train", True), ("val", False)):
+        # download=True verifies the md5 of an archive already in download_dir, else fetches the official one.
+        _export_cifar(cls(str(download_dir), train=train, download=True), out / split)
+
+
+def _extract(archive: Path, raw: Path) -> None:
+    raw.mkdir()
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(raw)
+    else:
+        with tarfile.open(archive) as tf:
+            tf.extractall(raw, filter="data")
+
+
+def _download(url: str, dest: Path, md5: str | None) -> None:
+    _say(f"downloading {url}")
+    last = [0.0]
+
+    def hook(blocks: int, block_size: int, total: int) -> None:
+        now = time.monotonic()
+        if total > 0 and now - last[0] > 5:
+            last[0] = now
+            _say(f"  {min(100.0, 100 * blocks * block_size / total):.0f}% of {total / 1e6:.0f} MB")
+
+    urllib.request.urlretrieve(url, dest, hook)
+    if md5 is not None and _md5(dest) != md5:
+        raise DataError(f"download of {url} is corrupt (md5 mismatch); try again")
+
+
+def _find_archive(name: str, archives: Path) -> _Archive | None:
+    return next((a for a in _ARCHIVES[name] if (archives / a.relpath).is_file()), None)
+
+
+def _link_from(info: DatasetInfo, source: Path, final: Path) -> Path:
+    source = source.expanduser().resolve()
+    missing = [s for s in info.splits if not (source / s).is_dir()]
+    if missing:
+        raise DataError(
+            f"{source} is not an ImageFolder root for {info.name}: "
+            f"missing {', '.join(f'{m}/' for m in missing)}"
+        )
+    n_cls = len(_find_classes(source / "train"))
+    if n_cls != info.num_classes:
+        _say(f"warning: {source}/train has {n_cls} class folders, {info.name} has {info.num_classes}")
+    final.symlink_to(source, target_is_directory=True)
+    _say(f"{final} -> {source}")
+    return final
+
+
+def prepare(
+    name: str,
+    root: str | Path,
+    archives: str | Path | None = None,
+    force: bool = False,
+    *,
+    source: str | Path | None = None,
+) -> Path:
+    """Put dataset ``name`` in place as ``<root>/<name>/{train,val}/<class>/`` and return that folder.
+
+    Idempotent: a folder with the completion marker is returned as is (``force`` rebuilds it). Work happens in
+    a hidden temporary folder under ``root`` that is renamed into place only once complete and verified (class
+    and image counts, archive md5), so an interrupted prepare never leaves a folder that looks complete.
+    Source: ``source`` (an existing ImageFolder root, linked; the only way for ImageNet), else ``archives``
+    (or ``$CONVIT_DATA_ARCHIVES``), else the official download (CIFAR via torchvision, Tiny-ImageNet's zip).
+    """
+    info = dataset_info(name)
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / info.folder
+    with _lock(root / f".{info.folder}.lock"):
+        if is_prepared(name, root) and not force:
+            return final
+        if final.exists() or final.is_symlink():
+            if not force:
+                raise DataError(
+                    f"{final} exists but is not a completed prepare (no {MARKER}); "
+                    "re-run with --force to replace it"
+                )
+            if final.is_symlink():
+                final.unlink()
+        if source is not None:
+            if final.exists():
+                shutil.rmtree(final)
+            return _link_from(info, Path(source), final)
+        archive_dir = archives if archives not in (None, "") else os.environ.get(ENV_ARCHIVES) or None
+        if name == "imagenet":
+            if archive_dir and (Path(archive_dir) / "imagenet" / "train").is_dir():
+                return _link_from(info, Path(archive_dir) / "imagenet", final)
+            hint = f"python -m convit.data prepare imagenet --from /path/to/imagenet --root {root}"
+            raise DataError(
+                "ImageNet cannot be downloaded (licence): get ILSVRC-2012 from image-net.org as an "
+                f"ImageFolder root with train/<wnid>/ and val/<wnid>/, then run: {hint} "
+                f"(or symlink it to {final})"
+            )
+        tmp = Path(tempfile.mkdtemp(prefix=f".{info.folder}.partial-", dir=root))
+        try:
+            record = _build(info, Path(archive_dir) if archive_dir else None, tmp)
+            out = tmp / "out"
+            record["counts"] = _verify(info, out)
+            record.update(name=name, prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), format=1)
+            (out / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            if final.exists():
+                final.rename(tmp / "old")  # the final folder is briefly absent, never half-built
+            out.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    counts = record["counts"]
+    _say(f"prepared {name} in {final} ({counts['train']} train / {counts['val']} val images)")
+    return final
+
+
+def _build(info: DatasetInfo, archives: Path | None, tmp: Path) -> dict[str, Any]:
+    """Fill ``tmp/out`` from the first available source; returns the provenance for the marker."""
+    out = tmp / "out"
+    if archives is not None:
+        if not archives.is_dir():
+            raise DataError(f"archives folder {archives} does not exist")
+        arc = _find_archive(info.name, archives)
+        if arc is None:
+            looked = ", ".join(a.relpath for a in _ARCHIVES[info.name])
+            raise DataError(
+                f"no archive for {info.name} in {archives} (looked for {looked}); omit --archives and unset "
+                f"{ENV_ARCHIVES} to download it from the official source"
+            )
+        path = archives / arc.relpath
+        if arc.md5 is not None:
+            if _md5(path) != arc.md5:
+                raise DataError(f"{path} is corrupt: md5 differs from {arc.md5}")
+        _say(f"preparing {info.name} from {path}")
+        if arc.kind in ("cifar10-python", "cifar100-python"):
+            (tmp / "dl").mkdir()
+            (tmp / "dl" / path.name).symlink_to(path.resolve())
+            _assemble_cifar_python(arc.kind, tmp / "dl", out)
+        else:
+            _extract(path, tmp / "raw")
+            (_assemble_tiny_official if arc.kind == "tiny-official" else _assemble_imagefolder)(
+                tmp / "raw", out
+            )
+        return {"source": str(path), "md5": arc.md5, "kind": arc.kind}
+    if info.name in ("cifar10", "cifar100"):
+        _say(f"downloading {info.name} with torchvision (official CIFAR pickles, exported as PNG)")
+        kind = f"{info.name}-python"
+        _assemble_cifar_python(kind, tmp / "dl", out)
+        return {"source": "torchvision download", "kind": kind}
+    if info.name == "tiny-imagenet":
+        zpath = tmp / "tiny-imagenet-200.zip"
+        _download(_TINY_URL, zpath, _TINY_MD5)
+        _extract(zpath, tmp / "raw")
+        _assemble_tiny_official(tmp / "raw", out)
+        return {"source": _TINY_URL, "md5": _TINY_MD5, "kind": "tiny-official"}
+    raise DataError(
+        f"{info.name} has no download; pass --archives DIR (a folder holding "
+        f"{_ARCHIVES[info.name][0].relpath}) or set {ENV_ARCHIVES}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loader benchmark and CLI
+# ----------------------------------------------------------------------------------------------------
+def bench(
+    name: str,
+    root: str | Path | None = None,
+    img_size: int = 224,
+    batch: int = 256,
+    workers: int = 8,
+    seconds: float = 30.0,
+    max_batches: int = 300,
+    fraction: float = 1.0,
+) -> float:
+    """Loader images/s with the training transform, through a DataLoader as training uses it.
+
+    Two warm-up batches (worker start-up) are not timed; it stops after ``max_batches`` or ``seconds``.
+    """
+    import torch
+
+    data = DataSpec(name=name, img_size=img_size, fraction=fraction)
+    train, _ = build_datasets(data, RecipeSpec(), root)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=False
+    )
+    images, start, done = 0, 0.0, 0
+    for i, (x, _y) in enumerate(loader):
+        if i == 2:  # ignore worker start-up
+            start = time.perf_counter()
+        elif i > 2:
+            images += x.shape[0]
+            done += 1
+            if done >= max_batches or time.perf_counter() - start > seconds:
+                break
+    if not images:
+        raise DataError(f"{name} has too few images for a benchmark at batch {batch}")
+    rate = images / (time.perf_counter() - start)
+    print(
+        f"{name} img_size={img_size} batch={batch} workers={workers}: {rate:.0f} images/s "
+        f"({images} images, {time.perf_counter() - start:.1f} s, {os.cpu_count()} CPUs)"
+    )
+    return rate
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m convit.data", description="Prepare datasets and benchmark the loader.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    pp = sub.add_parser("prepare", help="put a dataset in place under the data root")
+    pp.add_argument("name", help=f"one of: {', '.join(_DATASETS)}")
+    pp.add_argument("--root", help=f"data root (default ${ENV_DATA_ROOT})")
+    pp.add_argument("--archives", help=f"offline archive folder (default ${ENV_ARCHIVES}; none: download)")
+    pp.add_argument("--from", dest="source", help="an existing ImageFolder root with train/ and val/ to link")
+    pp.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    pb = sub.add_parser("bench", help="loader images/s with the training transform")
+    pb.add_argument("name")
+    pb.add_argument("--root")
+    pb.add_argument("--img-size", type=int, default=224)
+    pb.add_argument("--batch", type=int, default=256)
+    pb.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    pb.add_argument("--seconds", type=float, default=30.0)
+    pb.add_argument("--batches", type=int, default=300)
+    pb.add_argument("--fraction", type=float, default=1.0)
+    pl = sub.add_parser("list", help="datasets and whether they are prepared")
+    pl.add_argument("--root")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point of ``python -m convit.data`` and ``convit-prepare`` (where ``NAME`` alone = prepare).
+
+    User mistakes print one ``error:`` line to stderr and return a non-zero status, without a traceback.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] not in ("prepare", "bench", "list") and not args_list[0].startswith("-"):
+        args_list.insert(0, "prepare")
+    args = _parser().parse_args(args_list)
+    try:
+        if args.cmd == "prepare":
+            dataset_info(args.name)
+            print(
+                prepare(
+                    args.name, resolve_data_root(args.root), args.archives, args.force, source=args.source
+                )
+            )
+        elif args.cmd == "bench":
+            bench(args.name, args.root, args.img_size, args.batch, args.workers, args.seconds, args.batches)
+        else:
+            root = resolve_data_root(args.root)
+            for n in _DATASETS:
+                print(f"{n:24s} {'prepared' if is_prepared(n, root) else '-'}")
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
