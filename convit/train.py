@@ -1,0 +1,988 @@
+"""The training engine: ``run(spec, workdir)`` trains any :class:`~convit.spec.RunSpec` and never loses work.
+
+One pure entry point serves the CLI (``python -m convit.train SPEC.json WORKDIR``), the submitit jobs and the
+tests. The recipe is the DeiT recipe used by ConViT (reference section 6), built from timm's components.
+
+Faithful-vs-original choices (each selectable where a paper number could depend on it):
+- ``recipe.lr_schedule="step"`` (default): cosine with warm-up evaluated at every optimiser step, as the paper
+  describes. ``"epoch_lagged"`` reproduces the original code: the lr is set once per epoch *after* the
+  epoch, so epochs 0 and 1 both run at ``warmup_lr`` and epoch e >= 1 runs at lr(e - 1). Both use timm's
+  ``CosineLRScheduler`` without warm-up prefix (timm 0.3.2 behaviour: the cosine is not shifted by warm-up).
+- ``recipe.decay_pos_embed=False`` (default): ``pos_embed``/``cls_token`` (``model.no_weight_decay()``), every
+  1-D parameter and every bias get no weight decay. ``True`` reproduces the original DDP runs, where the
+  optimiser was built from the DDP wrapper and only 1-D parameters/biases were exempt (reference 8.2 item 5).
+- Repeated augmentation uses timm's ``RepeatAugSampler`` (3 repeats, epochs of floor(N / ra_round) * ra_round
+  samples) and calls ``set_epoch`` every epoch, also in single-process runs (the original code did not, so a
+  plain ``python main.py`` run saw the same third of the data every epoch; reference 8.2 item 2). The sampler
+  key is ``epoch + 1_000_003 * seed``: seed 0 gives the original data order, other seeds a different one (the
+  original order ignored the seed, which would make multi-seed error bars miss data-order noise).
+- Evaluation shards the validation set ``rank::world_size`` and sums counts across ranks, so every image is
+  counted exactly once whatever the world size (no padding duplicates, DeiT issue #24).
+- EMA (timm ``ModelEmaV3``, constant decay like DeiT's ``ModelEma``) is off by default, as in ConViT.
+
+Determinism: every random draw is a function of (seed, rank, epoch, step) or (seed, epoch, sample position):
+per-sample augmentation is seeded inside a dataset wrapper from the sample's *global* position in the epoch
+(so neither DataLoader workers nor the world size change it), and the main process reseeds torch/numpy/random
+before each micro-batch's mixup/drop-path. Resuming from any checkpoint therefore reproduces the uninterrupted
+run bit for bit on CPU; a mid-epoch resume slices the epoch's index list instead of loading skipped batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from convit import checkpoint as ckpt
+from convit import distributed
+from convit.distributed import DistContext
+from convit.spec import RunSpec, SpecError
+
+__all__ = [
+    "NonFiniteLoss",
+    "Preempted",
+    "SpecMismatch",
+    "TrainError",
+    "build_optimizer",
+    "build_scheduler",
+    "main",
+    "run",
+    "weight_decay_names",
+]
+
+#: Repeats per image in repeated augmentation (DeiT/ConViT RASampler).
+RA_REPEATS = 3
+CHECKPOINT_FORMAT = 1
+
+
+class TrainError(RuntimeError):
+    """A run cannot proceed for a reason the user can fix (bad batch arithmetic, wrong workdir ...)."""
+
+
+class SpecMismatch(TrainError):
+    """The workdir belongs to a different spec: relaunching there would silently mix two experiments."""
+
+    def __init__(self, workdir: Path, keys: Sequence[str]):
+        self.workdir = workdir
+        self.keys = list(keys)
+        shown = ", ".join(self.keys[:10]) + (" ..." if len(self.keys) > 10 else "")
+        super().__init__(
+            f"{workdir} holds a run with a different spec (differing keys: {shown}); "
+            "use a new workdir for a new spec"
+        )
+
+
+class NonFiniteLoss(TrainError):
+    """The training loss became NaN/inf; the last good checkpoint is left untouched."""
+
+    def __init__(self, epoch: int, step: int, global_step: int):
+        self.epoch, self.step, self.global_step = epoch, step, global_step
+        super().__init__(
+            f"non-finite training loss at epoch {epoch} (0-based), step {step} of the epoch "
+            f"(global step {global_step}); the last good checkpoint is kept"
+        )
+
+
+class Preempted(Exception):  # noqa: N818 - a signal to the job wrapper, not an error
+    """``should_stop()`` turned true: a mid-epoch checkpoint was saved; relaunch to resume."""
+
+    def __init__(self, epoch: int, step: int, path: Path):
+        self.epoch, self.step, self.path = epoch, step, path
+        super().__init__(f"preempted at epoch {epoch} step {step}; checkpoint saved to {path}")
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------------
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers: stable across processes and Python runs (unlike ``hash``)."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+
+
+_SAMPLE_DOMAIN = 1
+_STEP_DOMAIN = 2
+_PROBE_DOMAIN = 3
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        if not data and prefix:
+            out[prefix] = {}
+        return out
+    return {prefix: data}
+
+
+def _spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, object()) != b.get(k, object()))
+
+
+class _Printer:
+    """Rank-0 console output: info to stdout, warnings to stderr (other ranks stay quiet)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# recipe components (public so tests and analysis can check the wiring)
+# --------------------------------------------------------------------------------------------------
+def _no_wd_list(model: nn.Module, decay_pos_embed: bool) -> list[str]:
+    if decay_pos_embed:
+        # The original DDP runs built the optimiser from the DDP wrapper, which has no no_weight_decay():
+        # only the 1-D/bias rule applied, so pos_embed and cls_token were decayed.
+        return []
+    fn = getattr(model, "no_weight_decay", None)
+    return sorted(fn()) if callable(fn) else []
+
+
+def weight_decay_names(model: nn.Module, decay_pos_embed: bool = False) -> tuple[list[str], list[str]]:
+    """``(decayed, not_decayed)`` parameter names, by the same rule :func:`build_optimizer` uses."""
+    from timm.optim._param_groups import _matches_pattern
+
+    skip = _no_wd_list(model, decay_pos_embed)
+    decayed, plain = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or _matches_pattern(name, skip):
+            plain.append(name)
+        else:
+            decayed.append(name)
+    return decayed, plain
+
+
+def build_optimizer(model: nn.Module, recipe: Any, lr: float) -> torch.optim.Optimizer:
+    """AdamW with timm's no-weight-decay groups (1-D, biases, ``no_weight_decay()`` unless decay_pos_embed).
+
+    The groups are built from the bare model (never a DDP wrapper), so the rule is the same on 1 or N devices.
+    """
+    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+
+    groups = param_groups_weight_decay(
+        model, recipe.weight_decay, no_weight_decay_list=_no_wd_list(model, recipe.decay_pos_embed)
+    )
+    return create_optimizer_v2(
+        groups, opt="adamw", lr=lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Any, steps_per_epoch: int) -> Any:
+    """timm ``CosineLRScheduler`` in optimiser steps (``"step"``) or in epochs (``"epoch_lagged"``)."""
+    from timm.scheduler import CosineLRScheduler
+
+    if recipe.lr_schedule == "step":
+        t_initial = recipe.epochs * steps_per_epoch
+        warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+        t_in_epochs = False
+    else:
+        t_initial = recipe.epochs
+        warmup = recipe.warmup_epochs
+        t_in_epochs = True
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=t_initial,
+        lr_min=recipe.min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=recipe.warmup_lr,
+        warmup_prefix=False,
+        cycle_limit=1,
+        t_in_epochs=t_in_epochs,
+    )
+
+
+def _set_lr(scheduler: Any, recipe: Any, epoch: int, global_step: int) -> None:
+    """Put the lr for (epoch, global_step) into the optimiser; timm's scheduler is stateless in t."""
+    if recipe.lr_schedule == "step":
+        scheduler.step_update(global_step)
+    elif epoch == 0:
+        # The scheduler's constructor value: warmup_lr with warm-up, else the peak.
+        scheduler.update_groups(recipe.warmup_lr if scheduler.warmup_t else scheduler.base_values)
+    else:
+        scheduler.step(epoch - 1)  # the original one-epoch lag
+
+
+# --------------------------------------------------------------------------------------------------
+# data plumbing
+# --------------------------------------------------------------------------------------------------
+class _SeededSamples(Dataset):
+    """Wraps a dataset so ``ds[(index, seed)]`` draws that sample's augmentation from ``seed``.
+
+    The seed travels with the index from the main process, so the augmentation of a sample depends only on
+    (run seed, epoch, position in the epoch), never on which worker process loads it or in what order.
+    """
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        _seed_everything(seed)
+        return self.base[index]
+
+
+class _BatchList:
+    """A batch sampler whose batches are replaced each epoch (works with persistent DataLoader workers)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Plan:
+    """Derived batch arithmetic: printed at start, and the single source of steps/epoch and warm-up."""
+
+    def __init__(self, spec: RunSpec, ctx: DistContext, n_train: int, say: _Printer):
+        recipe, res = spec.recipe, spec.resources
+        self.world = ctx.world_size
+        self.global_batch = recipe.batch_size
+        if res.per_device_batch is None:
+            if self.global_batch % self.world:
+                raise TrainError(
+                    f"global batch {self.global_batch} is not divisible by world size {self.world}; "
+                    "set resources.per_device_batch"
+                )
+            self.per_device = self.global_batch // self.world
+        else:
+            self.per_device = res.per_device_batch
+        denom = self.per_device * self.world
+        if self.global_batch % denom:
+            raise TrainError(
+                f"global batch {self.global_batch} is not a multiple of per-device batch {self.per_device} x "
+                f"world size {self.world}: gradient accumulation must be integral"
+            )
+        self.accum = self.global_batch // denom
+        self.peak_lr = recipe.peak_lr()
+        self.n_train = n_train
+        self.ra_round = recipe.ra_round
+        if recipe.repeated_aug and n_train < recipe.ra_round:
+            say(
+                f"note: {n_train} training images < ra_round {recipe.ra_round}: repeated-augmentation epochs "
+                f"are rounded to the global batch ({self.global_batch}) instead"
+            )
+            self.ra_round = self.global_batch
+        if recipe.repeated_aug:
+            usable = n_train // self.ra_round * self.ra_round
+            per_rank = usable // self.world
+        else:
+            per_rank = math.ceil(n_train / self.world)
+        self.samples_per_rank = per_rank
+        self.steps_per_epoch = per_rank // (self.per_device * self.accum)
+        if self.steps_per_epoch < 1:
+            raise TrainError(
+                f"{n_train} training images give no full optimiser step at global batch {self.global_batch}"
+            )
+        self.total_steps = recipe.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(recipe.warmup_epochs * self.steps_per_epoch))
+
+    def describe(self) -> str:
+        return (
+            f"global batch {self.global_batch} = {self.world} device(s) x per-device batch "
+            f"{self.per_device} x "
+            f"{self.accum} accumulation step(s); peak lr {self.peak_lr:.3g}; {self.n_train} train images; "
+            f"{self.steps_per_epoch} steps/epoch; {self.total_steps} total steps; "
+            f"{self.warmup_steps} warm-up steps"
+        )
+
+
+def _make_sampler(spec: RunSpec, plan: _Plan, ctx: DistContext, train_ds: Dataset) -> Any:
+    if spec.recipe.repeated_aug:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        return RepeatAugSampler(
+            train_ds,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            num_repeats=RA_REPEATS,
+            selected_round=plan.ra_round,
+        )
+    return DistributedSampler(
+        train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=spec.seed, drop_last=False
+    )
+
+
+def _epoch_batches(
+    spec: RunSpec, plan: _Plan, ctx: DistContext, sampler: Any, epoch: int, start_step: int
+) -> list[list[tuple[int, int]]]:
+    """This rank's micro-batches of ``epoch`` from optimiser step ``start_step`` on, as (index, seed) keys.
+
+    Samplers give rank r the positions r, r + W, r + 2W ... of one global order, so position j on rank r is
+    global position j * W + r; seeding by that makes a sample's augmentation independent of the world size.
+    """
+    if spec.recipe.repeated_aug:
+        sampler.set_epoch(epoch + 1_000_003 * spec.seed)
+    else:
+        sampler.set_epoch(epoch)
+    indices = list(sampler)
+    micro = plan.per_device
+    first = start_step * plan.accum
+    last = plan.steps_per_epoch * plan.accum
+    batches = []
+    for m in range(first, last):
+        batch = []
+        for j in range(m * micro, (m + 1) * micro):
+            position = j * ctx.world_size + ctx.rank
+            batch.append((indices[j], _mix(_SAMPLE_DOMAIN, spec.seed, epoch, position)))
+        batches.append(batch)
+    return batches
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation and probes
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    val_ds: Dataset,
+    ctx: DistContext,
+    batch_size: int,
+    workers: int,
+    autocast: Callable[[], Any],
+) -> dict[str, float]:
+    """Top-1/top-5 (percent) and mean cross-entropy; each image counted once across ranks."""
+    model.eval()
+    shard = Subset(val_ds, list(range(ctx.rank, len(val_ds), ctx.world_size)))  # type: ignore[arg-type]
+    loader = DataLoader(
+        shard, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=ctx.device.type == "cuda"
+    )
+    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, targets in loader:
+        images = images.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        with autocast():
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top.eq(targets[:, None])
+        sums[0] += criterion(logits, targets).double()
+        sums[1] += hit[:, :1].sum()
+        sums[2] += hit.any(dim=1).sum()
+        sums[3] += targets.numel()
+    distributed.all_reduce(sums, ctx)
+    loss, c1, c5, n = sums.tolist()
+    n = max(n, 1.0)
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n}
+
+
+def _probe_batch(val_ds: Dataset, spec: RunSpec) -> torch.Tensor:
+    """A fixed probe batch: the first images of a seeded shuffle of the val set (not just class 0)."""
+    g = torch.Generator().manual_seed(_mix(_PROBE_DOMAIN, spec.seed))
+    order = torch.randperm(len(val_ds), generator=g)[: spec.probes.batch].tolist()  # type: ignore[arg-type]
+    return torch.stack([val_ds[i][0] for i in order])
+
+
+def _run_probes(model: nn.Module, images: torch.Tensor, mode: str, say: _Printer) -> dict[str, Any] | None:
+    """Locality probes, guarded: a model the probes do not understand costs a warning, not the run."""
+    try:
+        from convit.probes import locality_probes
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = locality_probes(model, images, mode)
+        model.train(was_training)
+        return {
+            key: [[float(v) for v in row] for row in out.get(key, [])]
+            for key in ("nonlocality", "gate_sigma", "centre_distance")
+        }
+    except Exception as exc:  # noqa: BLE001 - probes are diagnostics; training must go on
+        say.warn(f"locality probes failed ({type(exc).__name__}: {exc}); continuing without them")
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# run directory
+# --------------------------------------------------------------------------------------------------
+def _git_info() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return {}
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def _env_info(ctx: DistContext) -> dict[str, Any]:
+    import timm
+    import torchvision
+
+    if ctx.device.type == "cuda":
+        device_name = torch.cuda.get_device_name(ctx.device)
+    else:
+        device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "hostname": platform.node(),
+        "world_size": ctx.world_size,
+        "device": device_name,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **_git_info(),
+    }
+
+
+def _check_workdir(spec: RunSpec, workdir: Path) -> dict[str, Any] | None:
+    """Refuse a workdir of another spec; return the stored result of a finished run of this spec."""
+    spec_path = workdir / "spec.json"
+    if spec_path.exists():
+        try:
+            stored = json.loads(spec_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TrainError(f"{spec_path} is unreadable ({exc}); remove it or use another workdir") from exc
+        diff = _spec_diff(stored, spec.to_dict())
+        if diff:
+            raise SpecMismatch(workdir, diff)
+        result_path = workdir / "result.json"
+        if result_path.exists():
+            try:
+                return json.loads(result_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None  # rewritten from the final checkpoint
+    elif (workdir / ckpt.CHECKPOINT).exists() or (workdir / "result.json").exists():
+        raise TrainError(
+            f"{workdir} has run files but no spec.json; refusing to guess which run it belongs to"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# the engine
+# --------------------------------------------------------------------------------------------------
+def run(
+    spec: RunSpec,
+    workdir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` in ``workdir`` (resuming whatever is there) and return the ``result.json`` content.
+
+    Raises :class:`Preempted` after saving a checkpoint when ``should_stop()`` turns true,
+    :class:`NonFiniteLoss` on a NaN/inf loss, :class:`SpecMismatch` when ``workdir`` belongs to another spec.
+    """
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"spec must be a RunSpec, got {type(spec).__name__}")
+    workdir = Path(workdir)
+    done = _check_workdir(spec, workdir)
+    if done is not None:
+        return done
+    ctx = distributed.setup(device)
+    try:
+        return _Engine(spec, workdir, ctx, data_root, should_stop).fit()
+    finally:
+        distributed.teardown(ctx)
+
+
+class _Engine:
+    """One run's state; a class only to keep ``fit`` readable (it is created and used once by :func:`run`)."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        workdir: Path,
+        ctx: DistContext,
+        data_root: str | Path | None,
+        should_stop: Callable[[], bool] | None,
+    ):
+        self.spec = spec
+        self.workdir = workdir
+        self.ctx = ctx
+        self.data_root = data_root
+        self.should_stop = should_stop or (lambda: False)
+        self.say = _Printer(ctx.is_main)
+        self.recipe = spec.recipe
+
+    # ---- construction --------------------------------------------------------------------------
+    def _build(self) -> None:
+        from convit import data, models
+
+        spec, recipe, ctx = self.spec, self.recipe, self.ctx
+        reserved = {"num_classes", "img_size", "drop_path_rate"} & set(spec.model.kwargs)
+        if reserved:
+            raise TrainError(
+                f"model.kwargs may not set {sorted(reserved)}: they come from data.num_classes, "
+                "data.img_size and recipe.drop_path"
+            )
+        self.train_ds, self.val_ds = data.build_datasets(spec.data, recipe, self.data_root)
+        self.num_classes = spec.data.num_classes or data.dataset_info(spec.data.name).num_classes
+        self.plan = _Plan(spec, ctx, len(self.train_ds), self.say)
+
+        torch.manual_seed(spec.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+        model = models.create(
+            spec.model.name,
+            num_classes=self.num_classes,
+            img_size=spec.data.img_size,
+            drop_path_rate=recipe.drop_path,
+            **spec.model.kwargs,
+        )
+        model.to(ctx.device)
+        self.model = model
+        self.params = sum(p.numel() for p in model.parameters())
+        self.optimizer = build_optimizer(model, recipe, self.plan.peak_lr)
+        self.scheduler = build_scheduler(self.optimizer, recipe, self.plan.steps_per_epoch)
+        cuda = ctx.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=self.amp_dtype is torch.float16)
+        self.ema = None
+        if recipe.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=recipe.ema_decay)
+        if ctx.distributed:
+            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if cuda else None
+            )
+        else:
+            self.ddp = model
+
+        mixup_on = recipe.mixup > 0 or recipe.cutmix > 0
+        self.mixup = None
+        if mixup_on:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+
+            if self.plan.per_device % 2:
+                raise TrainError(f"Mixup/CutMix needs an even per-device batch, got {self.plan.per_device}")
+            self.mixup = Mixup(
+                mixup_alpha=recipe.mixup,
+                cutmix_alpha=recipe.cutmix,
+                prob=recipe.mixup_prob,
+                switch_prob=recipe.mixup_switch_prob,
+                mode=recipe.mixup_mode,
+                label_smoothing=recipe.smoothing,
+                num_classes=self.num_classes,
+            )
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif recipe.smoothing > 0:
+            from timm.loss import LabelSmoothingCrossEntropy
+
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=recipe.smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+        self.sampler = _make_sampler(spec, self.plan, ctx, self.train_ds)
+        self.batches = _BatchList()
+        workers = spec.resources.workers
+        self.loader = DataLoader(
+            _SeededSamples(self.train_ds),
+            batch_sampler=self.batches,
+            num_workers=workers,
+            pin_memory=cuda,
+            persistent_workers=workers > 0,
+        )
+        self.eval_batch = max(1, int(1.5 * self.plan.per_device))
+        self.probe_images = None
+        if ctx.is_main and spec.probes.every > 0:
+            self.probe_images = _probe_batch(self.val_ds, spec)
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "spec": self.spec.to_json(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": ckpt.rng_state(),
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "wall_time_s": self._wall_time(),
+            "history": self.history,
+            "world_size": self.ctx.world_size,
+        }
+
+    def _validate(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unknown checkpoint format {state.get('format')!r}")
+        stored = json.loads(state["spec"])
+        diff = _spec_diff(stored, self.spec.to_dict())
+        if diff:
+            raise SpecMismatch(self.workdir, diff)
+        for key in ("epoch", "step_in_epoch", "global_step", "model", "optimizer", "history"):
+            if key not in state:
+                raise KeyError(f"checkpoint lacks {key!r}")
+
+    def _save(self, epoch: int, step_in_epoch: int) -> Path:
+        """Rank 0 writes; every rank waits so nobody runs ahead of a checkpoint being written."""
+        path = self.workdir / ckpt.CHECKPOINT
+        if self.ctx.is_main:
+            ckpt.save_atomic(self._state(epoch, step_in_epoch), self.workdir)
+        distributed.barrier(self.ctx)
+        return path
+
+    def _resume(self) -> tuple[int, int]:
+        """Load the newest good checkpoint; returns (epoch, step_in_epoch) to continue from."""
+        state, path, warnings = ckpt.load_latest(self.workdir, self._validate)
+        for message in warnings:
+            self.say.warn(message)
+        if state is None:
+            if warnings:
+                self.say.warn("no usable checkpoint: restarting from scratch")
+            return 0, 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        ckpt.set_rng_state(state["rng"])
+        self.global_step = int(state["global_step"])
+        self.loss_sum = float(state["loss_sum"]) if self.ctx.is_main else 0.0
+        self.loss_count = int(state["loss_count"]) if self.ctx.is_main else 0
+        self.wall_before = float(state["wall_time_s"])
+        self.history = list(state["history"])
+        epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
+        self.say(
+            f"resumed from {path.name}: epoch {epoch}, step {step} of the epoch "
+            f"(global step {self.global_step})"
+        )
+        return epoch, step
+
+    def _wall_time(self) -> float:
+        return self.wall_before + (time.monotonic() - self.t_start)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        spec, ctx, say = self.spec, self.ctx, self.say
+        self.t_start = time.monotonic()
+        self.wall_before = 0.0
+        self.global_step = 0
+        self.loss_sum = 0.0  # global (all ranks) sum of per-micro-batch mean losses for the current epoch
+        self.loss_count = 0
+        self.history: list[dict[str, Any]] = []
+        if ctx.is_main:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            spec_path = self.workdir / "spec.json"
+            if not spec_path.exists():
+                tmp = spec_path.with_name(f".spec.json.tmp{os.getpid()}")
+                tmp.write_text(spec.to_json() + "\n")
+                os.replace(tmp, spec_path)
+        distributed.barrier(ctx)
+
+        self._build()
+        say(f"run {self.workdir} | model {spec.model.name} ({self.params / 1e6:.2f}M params) on {ctx.device}")
+        say(self.plan.describe())
+
+        start_epoch, start_step = self._resume()
+        distributed.barrier(ctx)  # nobody writes a new checkpoint before every rank has read the old one
+        if ctx.is_main:
+            env = _env_info(ctx)
+            env["resumed_at_epoch"] = start_epoch if (start_epoch or start_step) else None
+            _write_json_atomic(self.workdir / "env.json", env)
+            # the checkpoint's history is the truth: drop lines of epochs it does not cover, restore
+            # missing ones
+            text = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in self.history)
+            tmp = self.workdir / f".metrics.jsonl.tmp{os.getpid()}"
+            tmp.write_text(text)
+            os.replace(tmp, self.workdir / "metrics.jsonl")
+
+        epochs = self.recipe.epochs
+        for epoch in range(start_epoch, epochs):
+            self._train_epoch(epoch, start_step if epoch == start_epoch else 0)
+
+        result = self._result()
+        if ctx.is_main:
+            _write_json_atomic(self.workdir / "result.json", result)
+            say(f"done: top1 {result['top1']:.2f} top5 {result['top5']:.2f} in {result['wall_time_s']:.1f} s")
+        distributed.barrier(ctx)
+        return result
+
+    def _train_epoch(self, epoch: int, start_step: int) -> None:
+        spec, plan, ctx, recipe = self.spec, self.plan, self.ctx, self.recipe
+        self.batches.batches = _epoch_batches(spec, plan, ctx, self.sampler, epoch, start_step)
+        _set_lr(self.scheduler, recipe, epoch, self.global_step)
+        self.ddp.train()
+        t0 = time.monotonic()
+        bar = None
+        if ctx.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=plan.steps_per_epoch,
+                initial=start_step,
+                desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                leave=False,
+                disable=not sys.stdout.isatty(),
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
+        it = iter(self.loader)
+        lr = self.optimizer.param_groups[0]["lr"]
+        steps_done = 0
+        for step in range(start_step, plan.steps_per_epoch):
+            lr = self.optimizer.param_groups[0]["lr"]
+            step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+            for micro in range(plan.accum):
+                images, targets = next(it)
+                images = images.to(ctx.device, non_blocking=True)
+                targets = targets.to(ctx.device, non_blocking=True)
+                _seed_everything(_mix(_STEP_DOMAIN, spec.seed, ctx.rank, epoch, step, micro))
+                if self.mixup is not None:
+                    images, targets = self.mixup(images, targets)
+                sync = micro == plan.accum - 1 or not ctx.distributed
+                with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[operator]
+                    with self._autocast():
+                        output = self.ddp(images)
+                        loss = self.criterion(output, targets)
+                    self.scaler.scale(loss / plan.accum).backward()
+                step_loss += loss.detach().double()
+            if recipe.clip_grad is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), recipe.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+            if self.ema is not None:
+                self.ema.update(self.model)
+            if recipe.lr_schedule == "step":
+                self.scheduler.step_update(self.global_step)
+
+            # one small collective per step: NaN or preemption on any rank stops every rank together
+            flags = torch.tensor(
+                [float(not torch.isfinite(step_loss).item()), float(bool(self.should_stop()))],
+                device=ctx.device,
+            )
+            distributed.all_reduce(flags, ctx, op="max")
+            bad, stop = flags.tolist()
+            if bad:
+                raise NonFiniteLoss(epoch, step, self.global_step)
+            self.loss_sum += float(step_loss)
+            self.loss_count += plan.accum
+            steps_done += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(step_loss) / plan.accum:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if stop:
+                self._reduce_loss_sums()
+                path = self._save(epoch, step + 1)
+                if bar is not None:
+                    bar.close()
+                self.say(f"stop requested: saved epoch {epoch} step {step + 1} to {path.name}")
+                raise Preempted(epoch, step + 1, path)
+        if bar is not None:
+            bar.close()
+        train_time = time.monotonic() - t0
+        self._reduce_loss_sums()
+        train_loss = self.loss_sum / max(self.loss_count, 1)
+        images_per_s = steps_done * plan.global_batch / train_time if train_time > 0 else 0.0
+        if recipe.lr_schedule == "epoch_lagged":
+            # what the original does after the epoch; _set_lr reapplies it on resume
+            self.scheduler.step(epoch)
+
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.global_step,
+            "train_loss": train_loss,
+            "lr": lr,
+        }
+        last = epoch + 1 == recipe.epochs
+        if last or (spec.eval_every > 0 and (epoch + 1) % spec.eval_every == 0):
+            metrics = _evaluate(self.model, self.val_ds, ctx, self.eval_batch, 0, self._autocast)
+            entry.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
+            if self.ema is not None:
+                ema_metrics = _evaluate(self.ema.module, self.val_ds, ctx, self.eval_batch, 0, self._autocast)
+                entry.update(
+                    ema_val_top1=ema_metrics["top1"],
+                    ema_val_top5=ema_metrics["top5"],
+                    ema_val_loss=ema_metrics["loss"],
+                )
+        if self.probe_images is not None and (epoch + 1) % spec.probes.every == 0:
+            probes = _run_probes(self.model, self.probe_images.to(ctx.device), spec.probes.mode, self.say)
+            if probes is not None:
+                entry.update(probes)
+        entry["images_per_s"] = images_per_s
+        entry["epoch_time_s"] = time.monotonic() - t0
+        self.history.append(entry)
+        self.loss_sum, self.loss_count = 0.0, 0
+        # checkpoint first (it carries the history), then the log line: a kill in between is repaired
+        # on resume
+        self._save(epoch + 1, 0)
+        if ctx.is_main:
+            with open(self.workdir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(entry, sort_keys=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        self.say(self._epoch_line(entry))
+
+    def _reduce_loss_sums(self) -> None:
+        """Sum the partial-epoch loss over ranks into rank 0 (other ranks keep 0: a later sum stays right)."""
+        if not self.ctx.distributed:
+            return
+        sums = torch.tensor(
+            [self.loss_sum, float(self.loss_count)], dtype=torch.float64, device=self.ctx.device
+        )
+        distributed.all_reduce(sums, self.ctx)
+        total, count = sums.tolist()
+        if self.ctx.is_main:
+            self.loss_sum, self.loss_count = total, int(count)
+        else:
+            self.loss_sum, self.loss_count = 0.0, 0
+
+    def _epoch_line(self, entry: dict[str, Any]) -> str:
+        parts = [
+            f"epoch {entry['epoch']}/{self.recipe.epochs}",
+            f"step {entry['step']}",
+            f"loss {entry['train_loss']:.4f}",
+            f"lr {entry['lr']:.3g}",
+        ]
+        if "val_top1" in entry:
+            parts.append(
+                f"top1 {entry['val_top1']:.2f} top5 {entry['val_top5']:.2f} val_loss {entry['val_loss']:.4f}"
+            )
+        if "ema_val_top1" in entry:
+            parts.append(f"ema_top1 {entry['ema_val_top1']:.2f}")
+        parts.append(f"{entry['images_per_s']:.0f} img/s {entry['epoch_time_s']:.1f} s")
+        return " | ".join(parts)
+
+    def _result(self) -> dict[str, Any]:
+        final = self.history[-1]
+        result = {
+            "top1": final["val_top1"],
+            "top5": final["val_top5"],
+            "loss": final["val_loss"],
+            "epochs": final["epoch"],
+            "wall_time_s": self._wall_time(),
+            "world_size": self.ctx.world_size,
+            "params": self.params,
+        }
+        if "ema_val_top1" in final:
+            result["ema_top1"] = final["ema_val_top1"]
+            result["ema_top5"] = final["ema_val_top5"]
+        return result
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m convit.train SPEC.json WORKDIR [--data-root R] [--device D]``.
+
+    SIGTERM/SIGUSR2 request a stop: the run saves a mid-epoch checkpoint and exits with status 3, and the same
+    command resumes it.
+    """
+    parser = argparse.ArgumentParser(prog="python -m convit.train", description=main.__doc__)
+    parser.add_argument("spec", type=Path, help="a RunSpec JSON file")
+    parser.add_argument("workdir", type=Path, help="the run directory (created; resumed when it exists)")
+    parser.add_argument("--data-root", default=None, help="data root (default: CONVIT_DATA_ROOT)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    args = parser.parse_args(argv)
+
+    stop = {"flag": False}
+
+    def _request_stop(signum: int, frame: Any) -> None:
+        stop["flag"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, _request_stop)
+
+    try:
+        from convit import data, models
+
+        user_errors: tuple[type[BaseException], ...] = (
+            TrainError,
+            SpecError,
+            data.DataError,
+            models.ModelError,
+            OSError,
+        )
+    except ImportError:
+        user_errors = (TrainError, SpecError, OSError)
+    try:
+        spec = RunSpec.from_json(args.spec.read_text())
+        result = run(
+            spec, args.workdir, data_root=args.data_root, should_stop=lambda: stop["flag"], device=args.device
+        )
+    except Preempted as exc:
+        print(f"convit.train: {exc}", file=sys.stderr)
+        return 3
+    except json.JSONDecodeError as exc:
+        print(f"convit.train: {args.spec} is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    except user_errors as exc:
+        print(f"convit.train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
