@@ -390,7 +390,7 @@ def _evaluate(
     workers: int,
     autocast: Callable[[], Any],
 ) -> dict[str, float]:
-    """Top-1/top-5 (percent) and mean cross-entropy; each image counted once across ranks."""
+    """Top-1/top-5 (percent), mean cross-entropy and image count; each image counted once across ranks."""
     model.eval()
     shard = Subset(val_ds, list(range(ctx.rank, len(val_ds), ctx.world_size)))  # type: ignore[arg-type]
     loader = DataLoader(
@@ -413,8 +413,12 @@ def _evaluate(
         sums[3] += targets.numel()
     distributed.all_reduce(sums, ctx)
     loss, c1, c5, n = sums.tolist()
-    n = max(n, 1.0)
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n}
+    return {
+        "top1": 100.0 * c1 / max(n, 1.0),
+        "top5": 100.0 * c5 / max(n, 1.0),
+        "loss": loss / max(n, 1.0),
+        "count": n,
+    }
 
 
 def _probe_batch(val_ds: Dataset, spec: RunSpec) -> torch.Tensor:
@@ -933,6 +937,16 @@ class _Engine:
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix (one line, no traceback). Looked up lazily: a typo'd path should not pay for
+    importing timm, and data/model errors can only exist once those modules were imported."""
+    errors: list[type[BaseException]] = [TrainError, SpecError, OSError]
+    for module, name in (("convit.data", "DataError"), ("convit.models", "ModelError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m convit.train SPEC.json WORKDIR [--data-root R] [--device D]``.
 
@@ -955,18 +969,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, _request_stop)
 
     try:
-        from convit import data, models
-
-        user_errors: tuple[type[BaseException], ...] = (
-            TrainError,
-            SpecError,
-            data.DataError,
-            models.ModelError,
-            OSError,
-        )
-    except ImportError:
-        user_errors = (TrainError, SpecError, OSError)
-    try:
         spec = RunSpec.from_json(args.spec.read_text())
         result = run(
             spec, args.workdir, data_root=args.data_root, should_stop=lambda: stop["flag"], device=args.device
@@ -977,7 +979,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except json.JSONDecodeError as exc:
         print(f"convit.train: {args.spec} is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    except user_errors as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"convit.train: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, sort_keys=True))
