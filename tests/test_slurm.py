@@ -1,0 +1,169 @@
+"""Integration tests on a real SLURM (``bash slurm/cluster.sh start``): smoke run, world size 2, USR2 requeue.
+
+They talk to the scheduler through submitit exactly as the launcher does (``convit.jobs.submit`` with
+``slurm/profiles/local.yaml``), skipped with the reason when no cluster answers. Each test submits into
+its own fresh folder: job ids restart when the scheduler's state is reset, and a stale result pickle in a
+reused folder would be returned as a new job's result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from convit import jobs
+from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "slurm" / "profiles" / "local.yaml"
+#: keys of result.json that must not depend on interruptions (wall_time_s does).
+RESULT_KEYS = ("top1", "top5", "loss", "epochs", "world_size", "params")
+
+
+def _cluster_problem() -> str | None:
+    """Why SLURM tests cannot run here, or None when a node is ready."""
+    if shutil.which("sinfo") is None:
+        return "sinfo not found: start the test cluster with `bash slurm/cluster.sh start`"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"sinfo failed ({error}): run `bash slurm/cluster.sh start`"
+    if out.returncode != 0:
+        return f"no SLURM controller answers ({out.stderr.strip()}): run `bash slurm/cluster.sh start`"
+    states = out.stdout.split()
+    if not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable SLURM node (states: {states}): run `bash slurm/cluster.sh start`"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster() -> None:
+    problem = _cluster_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def profile() -> jobs.Profile:
+    return jobs.load_profile(PROFILE)
+
+
+def smoke_spec(epochs: int = 2, seed: int = 0) -> RunSpec:
+    """A run of a few seconds: 2-block ConViT-Ti on 4 classes of the CIFAR-10 fixture (80 images) at 32 px."""
+    return RunSpec(
+        model=ModelSpec("convit_tiny", {"depth": 2, "patch_size": 8, "local_up_to_layer": 1}),
+        data=DataSpec("cifar10-fixture", img_size=32, num_classes=4),
+        recipe=RecipeSpec(epochs=epochs, warmup_epochs=1.0, batch_size=16, repeated_aug=False, amp="none"),
+        resources=ResourceSpec(workers=0, timeout_min=5),
+        probes=ProbeSpec(every=1000),
+        seed=seed,
+        tags={"suite": "test_slurm"},
+    )
+
+
+def _sacct_states(job_id: str) -> list[str]:
+    """States of every attempt of a job (``sacct -D`` lists each requeued attempt), batch steps excluded."""
+    out = subprocess.run(
+        ["sacct", "-D", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return [line.split("|")[1] for line in out.stdout.splitlines() if "|" in line]
+
+
+def _comparable(result: dict) -> dict:
+    return {key: result[key] for key in RESULT_KEYS}
+
+
+def _metrics(workdir: Path) -> list[dict]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    keep = ("epoch", "step", "train_loss", "lr", "val_top1", "val_top5", "val_loss")
+    return [{k: v for k, v in json.loads(line).items() if k in keep} for line in lines if line.strip()]
+
+
+def test_smoke_job_completes(tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile) -> None:
+    workdir = tmp_path / "run"
+    job = jobs.TrainJob(smoke_spec(), workdir, fixture_data_root)
+    [submitted] = jobs.submit(
+        [job],
+        cluster="slurm",
+        folder=tmp_path / "submitit",
+        profile=profile,
+        timeout_min=5,
+        name="test-smoke",
+    )
+    [result] = jobs.wait([submitted], timeout_s=180)
+    stored = json.loads((workdir / "result.json").read_text())
+    assert stored == result
+    assert result["epochs"] == 2 and result["world_size"] == 1
+    assert (workdir / "spec.json").exists()
+
+
+def test_two_tasks_train_with_world_size_two(
+    tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile
+) -> None:
+    workdir = tmp_path / "run"
+    job = jobs.TrainJob(smoke_spec(epochs=1), workdir, fixture_data_root)
+    [submitted] = jobs.submit(
+        [job],
+        cluster="slurm",
+        folder=tmp_path / "submitit",
+        profile=profile,
+        tasks_per_node=2,
+        timeout_min=5,
+        name="test-ddp",
+    )
+    [result] = jobs.wait([submitted], timeout_s=180)
+    assert result["world_size"] == 2
+    assert json.loads((workdir / "result.json").read_text())["world_size"] == 2
+    assert json.loads((workdir / "env.json").read_text())["world_size"] == 2
+
+
+def test_usr2_requeues_and_matches_uninterrupted_run(
+    tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile
+) -> None:
+    # Two identical specs in one array: member 0 is signalled mid-training, member 1 runs straight through.
+    spec = smoke_spec(epochs=4)
+    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
+    submitted = jobs.submit(
+        [
+            jobs.TrainJob(spec, interrupted, fixture_data_root),
+            jobs.TrainJob(spec, reference, fixture_data_root),
+        ],
+        cluster="slurm",
+        folder=tmp_path / "submitit",
+        profile=profile,
+        timeout_min=5,
+        name="test-requeue",
+    )
+    victim = submitted[0]
+    assert victim.job_id.endswith("_0") and submitted[1].job_id.endswith("_1"), "expected one job array"
+
+    # Signal once the first epoch is logged: three epochs remain, so the signal lands mid-training.
+    metrics = interrupted / "metrics.jsonl"
+    deadline = time.monotonic() + 150
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert time.monotonic() < deadline, "the job logged no epoch in time"
+        assert not (interrupted / "result.json").exists(), "the run finished before it could be signalled"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", victim.job_id], check=True, timeout=30)
+
+    results = jobs.wait(submitted, timeout_s=240)
+    assert _comparable(results[0]) == _comparable(results[1])
+    assert _metrics(interrupted) == _metrics(reference)
+
+    log = victim.stderr() or ""
+    assert "caught SIGUSR2" in log and "stop requested: saved" in (victim.stdout() or "") + log
+    deadline = time.monotonic() + 60
+    while "COMPLETED" not in (states := _sacct_states(victim.job_id)):  # accounting lags the result file
+        assert time.monotonic() < deadline, f"sacct states {states}"
+        time.sleep(1)
+    assert "REQUEUED" in states, f"no requeued attempt in sacct: {states}"
