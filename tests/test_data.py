@@ -6,6 +6,7 @@ nothing is downloaded.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import random
@@ -268,6 +269,20 @@ def test_eval_transform_matches_deit() -> None:
     assert data.build_transform(False, DataSpec(name="tiny-imagenet", img_size=64)).transforms[0].size == 73
 
 
+def test_randaugment_posterize_zero_bits_does_not_crash() -> None:
+    """RandAugment inc1 at magnitude 10 asks for 0 bits; Pillow >= 11 raises, old Pillow gave black."""
+    from timm.data.auto_augment import RandAugment
+
+    tf = data.build_transform(True, DataSpec(name="cifar10", img_size=32))
+    ra = next(t for t in tf.transforms if isinstance(t, RandAugment))
+    op = copy.copy(next(o for o in ra.ops if o.name == "PosterizeIncreasing"))
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    img = Image.new("RGB", (32, 32), (200, 100, 50))
+    assert op(img).getpixel((0, 0)) == (0, 0, 0)
+    assert data._posterize_compat(img, 2).getpixel((0, 0)) == (192, 64, 0)
+    assert data._posterize_compat(img, 8) is img
+
+
 @pytest.mark.parametrize("mode", ["L", "CMYK"])
 def test_greyscale_and_cmyk_become_rgb(tmp_path: Path, mode: str) -> None:
     path = tmp_path / f"img_{mode}.jpg"
@@ -277,6 +292,14 @@ def test_greyscale_and_cmyk_become_rgb(tmp_path: Path, mode: str) -> None:
     assert img.mode == "RGB"
     x = data.build_transform(True, DataSpec(name="cifar10", img_size=32))(img)
     assert x.shape == (3, 32, 32)
+
+
+def test_fast_jpeg_decode_matches_pil(fixture_data_root: Path) -> None:
+    for name in FIXTURES:
+        for path in sorted((fixture_data_root / name / "train").rglob("*"))[::7]:
+            if path.is_file():
+                expected = np.asarray(Image.open(path).convert("RGB"))
+                assert np.array_equal(np.asarray(data.load_image(path)), expected), path
 
 
 def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
