@@ -1,0 +1,181 @@
+"""Gather a suite's run directories into tidy CSVs under ``results/SUITE/`` (ARCHITECTURE.md, Results).
+
+* ``SCALE.csv``: one row per run directory of the suite (any seed), in the order of the suite's specs, then
+  by seed: the documented columns, then ``status`` (done / incomplete), ``paper_top1`` and the suite's other
+  tags (``row``, ``gpsa_layers``, ``intervention`` ...). Metrics are empty for incomplete runs.
+* ``SCALE_curves.csv``: ``run, epoch, train_loss, lr, val_top1, val_top5, val_loss`` from ``metrics.jsonl``.
+* ``SCALE_locality.csv``: ``run, epoch, layer, head, nonlocality, gate_sigma, centre_distance``; ``layer`` is
+  the block index; gate_sigma and centre_distance exist for the GPSA blocks (the first ones) only.
+
+A run belongs to a suite when its ``spec.json`` equals one of the suite's specs up to the seed, so shared runs
+(``locality`` reuses ``main_table``'s) are collected by every suite that lists them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from convit.spec import RunSpec
+from experiments.common import run_name
+
+__all__ = ["CURVE_COLUMNS", "LOCALITY_COLUMNS", "RUN_COLUMNS", "collect", "run_dir"]
+
+RUN_COLUMNS = [
+    "suite", "scale", "run", "model", "variant", "dataset", "fraction", "num_classes", "img_size", "seed",
+    "epochs", "top1", "top5", "loss", "params", "wall_time_s", "world_size",
+]  # fmt: skip
+CURVE_COLUMNS = ["run", "epoch", "train_loss", "lr", "val_top1", "val_top5", "val_loss"]
+LOCALITY_COLUMNS = ["run", "epoch", "layer", "head", "nonlocality", "gate_sigma", "centre_distance"]
+_TAG_SKIP = {"suite", "scale", "variant"}
+
+
+def run_dir(workdir: str | Path, spec: RunSpec) -> Path:
+    """``<workdir>/<home suite>/<scale>/<run name>``: the home suite is the spec's ``suite`` tag."""
+    return Path(workdir) / str(spec.tags["suite"]) / str(spec.tags["scale"]) / run_name(spec)
+
+
+def _key(spec_dict: dict[str, Any]) -> str:
+    return json.dumps({**spec_dict, "seed": 0}, sort_keys=True)
+
+
+def _num_classes(spec: RunSpec) -> int | None:
+    if spec.data.num_classes is not None:
+        return spec.data.num_classes
+    try:
+        from convit.data import dataset_info
+
+        return dataset_info(spec.data.name).num_classes
+    except Exception:  # noqa: BLE001 - a dataset unknown to this checkout still gets a row
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash mid-write
+    return rows
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _write(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _cell(row.get(c)) for c in columns})
+    tmp.replace(path)
+
+
+def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, results: str | Path) -> Path:
+    """Write the three CSVs of ``suite`` at ``scale`` from the run directories of ``specs``."""
+    order = {_key(s.to_dict()): i for i, s in reversed(list(enumerate(specs)))}
+    homes = sorted({(str(s.tags["suite"]), str(s.tags["scale"])) for s in specs})
+    found: list[tuple[int, int, str, RunSpec, Path]] = []
+    for home, sc in homes:
+        folder = Path(workdir) / home / sc
+        if not folder.is_dir():
+            continue
+        for d in sorted(folder.iterdir()):
+            spec_path = d / "spec.json"
+            if not spec_path.is_file():
+                continue
+            try:
+                spec = RunSpec.from_json(spec_path.read_text())
+            except Exception:  # noqa: BLE001 - a foreign or corrupt directory is not ours to report
+                continue
+            index = order.get(_key(spec.to_dict()))
+            if index is None:
+                continue
+            found.append((index, spec.seed, d.name, spec, d))
+    found.sort(key=lambda item: (item[0], item[1], item[2]))
+
+    runs, curves, locality = [], [], []
+    tag_columns: list[str] = []
+    for _, _, name, spec, d in found:
+        result = {}
+        if (d / "result.json").is_file():
+            try:
+                result = json.loads((d / "result.json").read_text())
+            except json.JSONDecodeError:
+                result = {}
+        row: dict[str, Any] = {
+            "suite": suite,
+            "scale": scale,
+            "run": name,
+            "model": spec.model.name,
+            "variant": spec.tags.get("variant"),
+            "dataset": spec.data.name,
+            "fraction": spec.data.fraction,
+            "num_classes": _num_classes(spec),
+            "img_size": spec.data.img_size,
+            "seed": spec.seed,
+            "epochs": result.get("epochs", spec.recipe.epochs if spec.tags.get("task") != "eval" else 0),
+            "status": "done" if result else "incomplete",
+        }
+        for key in ("top1", "top5", "loss", "params", "wall_time_s", "world_size"):
+            row[key] = result.get(key)
+        for key, value in spec.tags.items():
+            if key in _TAG_SKIP:
+                continue
+            row[key] = value
+            if key not in tag_columns:
+                tag_columns.append(key)
+        runs.append(row)
+        for m in _read_jsonl(d / "metrics.jsonl"):
+            epoch = m.get("epoch")
+            curves.append({"run": name, **{c: m.get(c) for c in CURVE_COLUMNS[1:]}, "epoch": epoch})
+            nonloc = m.get("nonlocality") or []
+            sigma = m.get("gate_sigma") or []
+            dist = m.get("centre_distance") or []
+            for layer in range(max(len(nonloc), len(sigma), len(dist))):
+                heads = max(
+                    len(nonloc[layer]) if layer < len(nonloc) else 0,
+                    len(sigma[layer]) if layer < len(sigma) else 0,
+                    len(dist[layer]) if layer < len(dist) else 0,
+                )
+                for head in range(heads):
+                    locality.append(
+                        {
+                            "run": name,
+                            "epoch": epoch,
+                            "layer": layer,
+                            "head": head,
+                            "nonlocality": _at(nonloc, layer, head),
+                            "gate_sigma": _at(sigma, layer, head),
+                            "centre_distance": _at(dist, layer, head),
+                        }
+                    )
+    extra = ["status"] + sorted(tag_columns, key=lambda c: (c != "paper_top1", c))
+    out = Path(results) / suite
+    _write(out / f"{scale}.csv", RUN_COLUMNS + extra, runs)
+    _write(out / f"{scale}_curves.csv", CURVE_COLUMNS, curves)
+    _write(out / f"{scale}_locality.csv", LOCALITY_COLUMNS, locality)
+    return out / f"{scale}.csv"
+
+
+def _at(table: list[Any], layer: int, head: int) -> Any:
+    try:
+        return table[layer][head]
+    except (IndexError, TypeError):
+        return None

@@ -1,0 +1,460 @@
+"""What every experiment module shares: the four scales, model shrinking, naming, cost estimates.
+
+A *scale* turns the paper's protocol into a run that fits a budget while keeping the protocol's shape
+(per-class subsampling, epochs x 1/f, the DeiT recipe, the "+" recipe for S+/Ti+/B+):
+
+=========  ==========================  ======================  ==========================================
+scale      data                        models                  budget
+=========  ==========================  ======================  ==========================================
+paper      ImageNet-1k, 224 px, p16    the paper's (12 deep)   300 epochs; batch 1024 on 2x8 GPUs (base),
+                                                               512 on 1x8 ("+"), as the paper
+reduced    Tiny-ImageNet-200, 64 px,   the paper's widths and  100 epochs (x 1/f), batch 256 / 128 ("+"),
+           patch 8 (8x8 = 64 tokens)   depth                   one GPU; sample efficiency ~3 GPU-h
+cpu        CIFAR-10, 32 px, patch 4    Ti / Ti+ widths, depth  1 epoch (x 1/f), batch 64 / 32 ("+"),
+           (8x8 = 64 tokens)           6 (5 GPSA + 1 MHSA)     2 CPU cores; ~1 h per suite
+smoke      cifar10-fixture (20 img     Ti widths, depth 2      1 epoch (x 1/f), batch 8, seconds per run
+           per class), 32 px, p8       (1 GPSA + 1 MHSA)
+=========  ==========================  ======================  ==========================================
+
+Why these sizes (shared by all suites; each module adds its own notes):
+
+* **Tokens, not pixels, set the cost and the inductive-bias question.** ConViT's prior acts on the patch
+  grid. The paper has 14x14 = 196 tokens; reduced and cpu keep an 8x8 = 64-token grid (Tiny-ImageNet 64 px /
+  patch 8, CIFAR 32 px / patch 4), large enough that a 3x3 (9 heads) or 2x2 (4 heads) positional kernel is
+  local, and 3x cheaper per image than 196 tokens.
+* **reduced** keeps the paper's architectures (widths, 12 blocks, 10 GPSA) and shrinks only data and epochs:
+  ConViT-S at 64 tokens costs ~10.6 GFLOP per training image, DeiT-S ~8.3, so the 10 sample-efficiency runs
+  (constant images shown: 100 epochs x 100k images each) cost ~9.5e15 FLOP per base epoch in total, i.e.
+  ~2.6 GPU-h for 100 epochs at an assumed 100 TFLOP/s sustained (A100/H100-class, bf16), ~3 GPU-h with
+  evaluation. 100 epochs is what small-data ViT work trains Tiny-ImageNet for; fewer and DeiT-S would not get
+  off the ground, which is itself the effect under study, but would leave nothing to compare at f = 1.
+* **cpu**: measured on 2 (shared) Xeon cores with timm's ConVit/VisionTransformer at 32 px / patch 4: a
+  12-block ConViT-Ti trains at ~56 img/s, ConViT-S (432 wide, 6 blocks) at ~35 img/s, a 6-block ConViT-Ti at
+  ~155 img/s and DeiT-Ti at ~200 img/s (batch 128, fp32). One hour for the 10 sample-efficiency runs is
+  ~600k training images in total, i.e. one CIFAR-10 epoch (50k) per run at f = 1 with the 6-block Ti models,
+  so that is the cpu budget: Ti widths (4 heads, 2x2 kernels, as ConViT-Ti), depth 6 keeping the paper's
+  GPSA:MHSA ratio (5:1 ~ 10:2), base epochs 1 (x 1/f, rounded: 20/10/3/2/1). The 1/f rule is what makes the
+  small-data runs cost as much as the full one; we keep it (and its cost) because it is the protocol.
+* **smoke** exists for tests and CI only: every run takes seconds; numbers mean nothing.
+* **Batch and learning rate at reduced scales.** Shrinking the batch with the data keeps the number of
+  optimiser steps meaningful (1024 on 50k CIFAR images would be 48 steps per epoch). We keep the paper's
+  *peak* learning rate (1e-3 for base models, 4e-4 for "+") instead of applying the linear scaling rule to the
+  smaller batch (which would give 6e-5 at batch 64): ``base_lr`` is set so that ``peak_lr()`` equals the
+  paper's peak. "+" runs use half the base batch, as the paper (512 vs 1024).
+
+Decisions on the paper's open questions (reference 9.2), used by every suite:
+
+* **Warm-up under 1/f epochs** (9.2.2): warm-up stays fixed *in epochs* (5 at paper scale) for every f, i.e.
+  exactly what passing ``--epochs 300/f`` to the official main.py does; the cosine stretches over 300/f
+  epochs. Reduced scale keeps the recipe's 5 epochs; cpu uses 0.1 epoch (78 steps at f = 1; the recipe's
+  5/300 of one epoch would be 13 steps); smoke none.
+* **Final, not best** (9.2.7): every number we report is the last epoch's (the engine evaluates the final
+  epoch always); choosing the best epoch on the validation set is test-set selection.
+* **pos_embed / cls_token weight decay** (9.2.5): not decayed (``decay_pos_embed=False``), the intended
+  behaviour and the single-process behaviour of the released code; the DDP behaviour is one switch away.
+* **"+" learning rate** (9.2.6): ``--lr 4e-4`` at global batch 512, so the linear scaling rule leaves it at
+  4e-4 (before and after scaling coincide at batch 512, which is why we read it this way).
+* **DeiT baselines** (9.2.1): timm-style DeiT (qkv bias, class token with a positional embedding) from
+  ``convit.models`` (``deit_*``), the model the DeiT rows of Table 1 were copied from; "+" DeiTs use the same
+  heads x 64 geometry as ConViT+.
+* **Evaluation and probe cadence at 1/f epochs**: ``eval_every`` scales with the epochs, so every run is
+  evaluated (and probed) the same number of times whatever f (300 at paper scale, one per f = 1 epoch). It
+  does not change training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
+
+__all__ = [
+    "SCALES",
+    "PAPER_PEAK_LR",
+    "Scale",
+    "ScaleError",
+    "check_scale",
+    "estimate_hours",
+    "eval_spec",
+    "forward_macs",
+    "get_scale",
+    "gpsa_grid",
+    "is_eval",
+    "make_spec",
+    "model_dims",
+    "run_name",
+    "select",
+    "train_images",
+    "with_seeds",
+]
+
+SCALES = ("paper", "reduced", "cpu", "smoke")
+
+#: the paper's peak learning rates (after the linear scaling rule): base models 5e-4 x 1024/512, "+" 4e-4.
+PAPER_PEAK_LR = {"base": 1e-3, "plus": 4e-4}
+
+
+class ScaleError(ValueError):
+    """An unknown scale, or a suite that does not exist at a scale."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One budget for every suite: data, geometry, depth, epochs, batch, hardware and cost model."""
+
+    name: str
+    dataset: str
+    img_size: int
+    #: None: the model's default (16).
+    patch_size: int | None
+    #: None: the model's default (12 blocks, 10 GPSA).
+    depth: int | None
+    #: the paper's 300 epochs at this scale (multiplied by 1/f for subsampled data).
+    base_epochs: int
+    warmup_epochs: float
+    #: global batch of base models; "+" models use half (the paper's 1024 -> 512).
+    batch_size: int
+    nodes: int
+    gpus_per_node: int
+    plus_nodes: int
+    plus_gpus_per_node: int
+    workers: int
+    #: evaluations per run (eval_every = epochs // evals).
+    evals: int
+    probe_batch: int
+    amp: str = "bf16"
+    repeated_aug: bool = True
+    #: paper size -> size used at this scale (cpu and smoke shrink every model to Ti widths).
+    shrink: dict[str, str] = field(default_factory=dict)
+    #: sustained training throughput assumed for cost estimates, FLOP/s, and what it is measured on.
+    flops_per_s: float = 25e12
+    device: str = "V100-32GB"
+    #: the image-size the "first 100 classes" / CIFAR-100 runs use when they differ (None: img_size).
+    cifar_img_size: int | None = None
+
+    def size(self, paper_size: str) -> str:
+        """The model size (tiny/small/base[_plus]) standing for ``paper_size`` at this scale."""
+        return self.shrink.get(paper_size, paper_size)
+
+    def model_kwargs(self, gpsa_layers: int | None = None, convit: bool = True) -> dict[str, Any]:
+        """Geometry overrides: patch size, depth and (for ConViT) the number of GPSA layers."""
+        kw: dict[str, Any] = {}
+        if self.patch_size is not None:
+            kw["patch_size"] = self.patch_size
+        if self.depth is not None:
+            kw["depth"] = self.depth
+        if convit:
+            if gpsa_layers is None and self.depth is not None:
+                gpsa_layers = default_gpsa_layers(self.depth)
+            if gpsa_layers is not None:
+                kw["local_up_to_layer"] = gpsa_layers
+        return kw
+
+    @property
+    def total_depth(self) -> int:
+        return self.depth if self.depth is not None else 12
+
+
+_SHRINK = {"small": "tiny", "base": "tiny", "small_plus": "tiny_plus", "base_plus": "tiny_plus"}
+
+_SCALES = {
+    s.name: s
+    for s in (
+        Scale(
+            name="paper", dataset="imagenet", img_size=224, patch_size=None, depth=None, base_epochs=300,
+            warmup_epochs=5.0, batch_size=1024, nodes=2, gpus_per_node=8, plus_nodes=1, plus_gpus_per_node=8,
+            workers=10, evals=300, probe_batch=1024, flops_per_s=25e12, device="V100-32GB",
+        ),
+        Scale(
+            name="reduced", dataset="tiny-imagenet", img_size=64, patch_size=8, depth=None, base_epochs=100,
+            warmup_epochs=5.0, batch_size=256, nodes=1, gpus_per_node=1, plus_nodes=1, plus_gpus_per_node=1,
+            workers=8, evals=50, probe_batch=256, flops_per_s=100e12, device="A100/H100-class GPU",
+        ),
+        Scale(
+            name="cpu", dataset="cifar10", img_size=32, patch_size=4, depth=6, base_epochs=1,
+            warmup_epochs=0.1, batch_size=64, nodes=1, gpus_per_node=1, plus_nodes=1, plus_gpus_per_node=1,
+            workers=1, evals=3, probe_batch=64, amp="none", shrink=_SHRINK, flops_per_s=0.15e12,
+            device="2 CPU cores",
+        ),
+        Scale(
+            name="smoke", dataset="cifar10-fixture", img_size=32, patch_size=8, depth=2, base_epochs=1,
+            warmup_epochs=0.0, batch_size=8, nodes=1, gpus_per_node=1, plus_nodes=1, plus_gpus_per_node=1,
+            workers=0, evals=1, probe_batch=8, amp="none", repeated_aug=False, shrink=_SHRINK,
+            flops_per_s=0.1e12, device="CPU",
+        ),
+    )
+}  # fmt: skip
+
+
+def get_scale(name: str) -> Scale:
+    """The preset called ``name``; :class:`ScaleError` lists the valid ones."""
+    try:
+        return _SCALES[name]
+    except KeyError:
+        raise ScaleError(f"unknown scale {name!r}; choose one of {', '.join(SCALES)}") from None
+
+
+def check_scale(name: str) -> Scale:
+    """Alias of :func:`get_scale` for modules' ``specs()`` (reads better at the top of a function)."""
+    return get_scale(name)
+
+
+def default_gpsa_layers(depth: int) -> int:
+    """GPSA blocks of a ``depth``-block ConViT: the paper's 10 GPSA : 2 MHSA ratio, at least one MHSA."""
+    return max(1, min(depth - 1, round(depth * 10 / 12)))
+
+
+def gpsa_grid(depth: int) -> list[int]:
+    """Fig. 8's numbers of GPSA layers (0, 3, 6, 9 of 12) scaled to ``depth`` (deduplicated, < depth)."""
+    values = [min(depth - 1, int(k * depth / 12 + 0.5)) for k in (0, 3, 6, 9)]
+    return sorted(set(values))
+
+
+def is_plus(size: str) -> bool:
+    return size.endswith("_plus")
+
+
+# ------------------------------------------------------------------------------------------- spec building
+def make_spec(
+    scale: Scale,
+    *,
+    suite: str,
+    variant: str,
+    family: str,
+    size: str,
+    fraction: float = 1.0,
+    epochs_300: float = 300.0,
+    num_classes: int | None = None,
+    dataset: str | None = None,
+    img_size: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    gpsa_layers: int | None = None,
+    probes: bool = True,
+    tags: dict[str, Any] | None = None,
+) -> RunSpec:
+    """A training spec at ``scale`` for the paper's ``family`` ("convit"/"deit") and ``size``.
+
+    ``epochs_300`` is the epoch count *at paper scale* for f = 1 (300 almost everywhere, 3000 for CIFAR-100);
+    it is rescaled to the scale's budget and multiplied by 1/``fraction``. The recipe is the DeiT one, with
+    the "+" changes (half batch, lr 4e-4) for ``*_plus`` sizes, and the scale's batch/peak-lr rule.
+    """
+    used = scale.size(size)
+    plus = is_plus(size)
+    name = f"{family}_{used}"
+    epochs = max(1, round(epochs_300 * scale.base_epochs / 300 / fraction))
+    batch = scale.batch_size // 2 if plus else scale.batch_size
+    peak = PAPER_PEAK_LR["plus" if plus else "base"]
+    base_lr = peak * 512 / batch  # peak_lr() = base_lr * batch / 512 = the paper's peak
+    evals = max(1, scale.evals)
+    every = max(1, epochs // evals)
+    kwargs = scale.model_kwargs(gpsa_layers, convit=family == "convit")
+    kwargs.update(model_kwargs or {})
+    recipe = RecipeSpec(
+        epochs=epochs,
+        warmup_epochs=scale.warmup_epochs,
+        batch_size=batch,
+        base_lr=_round_sig(base_lr),
+        amp=scale.amp,
+        repeated_aug=scale.repeated_aug,
+    )
+    resources = ResourceSpec(
+        nodes=scale.plus_nodes if plus else scale.nodes,
+        gpus_per_node=scale.plus_gpus_per_node if plus else scale.gpus_per_node,
+        workers=scale.workers,
+    )
+    data = DataSpec(
+        name=dataset or scale.dataset,
+        fraction=fraction,
+        num_classes=num_classes,
+        img_size=img_size or scale.img_size,
+    )
+    all_tags: dict[str, Any] = {"suite": suite, "scale": scale.name, "variant": variant, "task": "train"}
+    if used != size:
+        all_tags["stands_for"] = f"{family}_{size}"
+    all_tags.update(tags or {})
+    return RunSpec(
+        model=ModelSpec(name=name, kwargs=kwargs),
+        data=data,
+        recipe=recipe,
+        resources=resources,
+        probes=ProbeSpec(every=every if probes else 0, batch=scale.probe_batch),
+        eval_every=every,
+        tags=all_tags,
+    )
+
+
+def _round_sig(x: float, digits: int = 6) -> float:
+    """Round to ``digits`` significant digits: specs print (and hash) 0.008, not 0.008000000000000002."""
+    return float(f"{x:.{digits}g}")
+
+
+def eval_spec(
+    train: RunSpec | None,
+    *,
+    suite: str,
+    variant: str,
+    checkpoint: str,
+    intervention: dict[str, Any] | None = None,
+    model: ModelSpec | None = None,
+    data: DataSpec | None = None,
+    scale: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> RunSpec:
+    """An evaluation-only entry: evaluate a checkpoint (optionally with a test-time intervention).
+
+    ``checkpoint`` is ``"run:<variant>"`` (the training run of this suite with that variant and the same
+    seed: its final ``checkpoint.pth``) or ``"file:<name>"`` (a file under the launcher's ``--checkpoints``
+    folder, e.g. the released ``convit_tiny.pth``). The spec's recipe is irrelevant to evaluation; the engine
+    never sees these specs (``experiments/evaluate.py`` runs them).
+    """
+    if train is not None:
+        model = model or train.model
+        data = data or train.data
+        scale = scale or train.tags["scale"]
+    if model is None or data is None or scale is None:
+        raise ValueError("eval_spec needs a training spec or model, data and scale")
+    all_tags: dict[str, Any] = {
+        "suite": suite,
+        "scale": scale,
+        "variant": variant,
+        "task": "eval",
+        "checkpoint": checkpoint,
+        "intervention": dict(intervention or {}),
+    }
+    all_tags.update(tags or {})
+    base = train if train is not None else RunSpec()
+    return dataclasses.replace(
+        base,
+        model=model,
+        data=dataclasses.replace(data, fraction=1.0),
+        probes=ProbeSpec(every=0),
+        eval_every=0,
+        tags=all_tags,
+    )
+
+
+def is_eval(spec: RunSpec) -> bool:
+    """True for evaluation-only entries (see :func:`eval_spec`)."""
+    return spec.tags.get("task") == "eval"
+
+
+# ------------------------------------------------------------------------------------------------ naming
+def run_name(spec: RunSpec) -> str:
+    """A readable slug plus the spec digest: ``convit_tiny-f0.1-s0-1a2b3c4d``.
+
+    The digest covers the whole spec, so any change (recipe, data, tags) gives a new name and never silently
+    resumes an old run directory.
+    """
+    parts = [str(spec.tags.get("variant", spec.model.name))]
+    if spec.data.fraction < 1.0:
+        parts.append(f"f{spec.data.fraction:g}")
+    parts.append(f"s{spec.seed}")
+    slug = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", "-".join(parts))
+    return f"{slug}-{spec.digest()}"
+
+
+def with_seeds(specs: Sequence[RunSpec], seeds: int) -> list[RunSpec]:
+    """Replicate every spec over seeds 0..seeds-1 (seed 0 is the spec as written)."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    return [dataclasses.replace(s, seed=seed) for seed in range(seeds) for s in specs]
+
+
+def select(specs: Iterable[RunSpec], pattern: str | None) -> list[RunSpec]:
+    """Specs whose run name or variant matches the glob ``pattern`` (all when None)."""
+    specs = list(specs)
+    if not pattern:
+        return specs
+    return [
+        s
+        for s in specs
+        if fnmatch.fnmatchcase(run_name(s), pattern)
+        or fnmatch.fnmatchcase(str(s.tags.get("variant")), pattern)
+    ]
+
+
+# -------------------------------------------------------------------------------------------- cost model
+#: (heads, per-head width) of each registered variant (convit.models' table), for the analytic cost model.
+_DIMS = {
+    "convit_tiny": (4, 48), "convit_small": (9, 48), "convit_base": (16, 48),
+    "convit_tiny_plus": (4, 64), "convit_small_plus": (9, 64), "convit_base_plus": (16, 64),
+    "deit_tiny": (3, 64), "deit_small": (6, 64), "deit_base": (12, 64),
+    "deit_tiny_plus": (4, 64), "deit_small_plus": (9, 64), "deit_base_plus": (16, 64),
+}  # fmt: skip
+
+#: images per class in the training split (ImageNet: average) and classes, for epoch sizes.
+_TRAIN = {
+    "imagenet": (1000, 1_281_167 / 1000),
+    "tiny-imagenet": (200, 500),
+    "cifar10": (10, 5000),
+    "cifar100": (100, 500),
+    "cifar10-fixture": (10, 20),
+    "tiny-imagenet-fixture": (10, 20),
+}
+_VAL = {
+    "imagenet": 50,
+    "tiny-imagenet": 50,
+    "cifar10": 1000,
+    "cifar100": 100,
+    "cifar10-fixture": 10,
+    "tiny-imagenet-fixture": 10,
+}
+
+
+def model_dims(spec: RunSpec) -> tuple[int, int, int, int]:
+    """(width D, heads, depth, GPSA layers) of a spec's model, from the variant table and its overrides."""
+    kw = spec.model.kwargs
+    heads, head_dim = _DIMS.get(spec.model.name, (4, 48))
+    heads = kw.get("num_heads", heads)
+    width = kw.get("embed_dim", heads * kw.get("head_dim", head_dim))
+    depth = kw.get("depth", 12)
+    gpsa = kw.get("local_up_to_layer", 10) if spec.model.name.startswith("convit") else 0
+    return width, heads, depth, gpsa
+
+
+def forward_macs(spec: RunSpec) -> float:
+    """Multiply-accumulates of one forward pass (patch embedding, attention incl. its matmuls, MLP, head)."""
+    width, heads, depth, gpsa = model_dims(spec)
+    patch = spec.model.kwargs.get("patch_size", 16)
+    n = (spec.data.img_size // patch) ** 2
+    classes = spec.data.num_classes or _TRAIN.get(spec.data.name, (1000, 0))[0]
+    macs = n * 3 * patch * patch * width
+    for layer in range(depth):
+        t = n if layer < gpsa else n + 1
+        macs += 12 * t * width * width + 2 * t * t * width
+        if layer < gpsa:
+            macs += 3 * n * n * heads
+    return macs + width * classes
+
+
+def train_images(spec: RunSpec) -> int:
+    """Training samples per epoch: floor(f x n_c) per class, rounded down to ra_round with repeated aug."""
+    classes, per_class = _TRAIN.get(spec.data.name, (1000, 1281.167))
+    classes = spec.data.num_classes or classes
+    n = int(classes * math.floor(spec.data.fraction * per_class + 1e-9))
+    if spec.recipe.repeated_aug and n >= spec.recipe.ra_round:
+        n = n // spec.recipe.ra_round * spec.recipe.ra_round
+    return max(n, 1)
+
+
+def estimate_hours(spec: RunSpec, flops_per_s: float) -> float:
+    """Device-hours of a run: 6 x forward MACs (forward + backward) per training image, plus evaluations.
+
+    An estimate from FLOPs only (data loading and probes are not counted); ``flops_per_s`` is the sustained
+    throughput of the scale's device (see :class:`Scale`).
+    """
+    fwd = 2 * forward_macs(spec)
+    classes, _ = _TRAIN.get(spec.data.name, (1000, 0))
+    n_val = (spec.data.num_classes or classes) * _VAL.get(spec.data.name, 50)
+    if is_eval(spec):
+        return fwd * n_val / flops_per_s / 3600
+    epochs = spec.recipe.epochs
+    evals = epochs // spec.eval_every + 1 if spec.eval_every > 0 else 1
+    total = 3 * fwd * train_images(spec) * epochs + fwd * n_val * evals
+    return total / flops_per_s / 3600

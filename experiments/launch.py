@@ -1,0 +1,507 @@
+"""Launch a suite of paper experiments, skip what is done, resume what is not, and collect the results.
+
+    python experiments/launch.py SUITE [--scale S] [--cluster local|debug|slurm] [--profile FILE] ...
+    python experiments/launch.py collect SUITE [--scale S]
+    python experiments/launch.py list
+
+Each run's directory is ``<workdir>/<suite>/<scale>/<slug>-<spec digest>``: a finished run (``result.json``)
+is skipped, an unfinished one resumes (the engine does that), and a changed spec has another digest, hence
+another directory, so it never silently continues an old run. Runs with the same resources go out as one
+submitit array (one SLURM job array). Machine facts come from options or the environment
+(``CONVIT_RUNS``, ``CONVIT_DATA_ROOT``, ``CONVIT_CHECKPOINTS``), never from the code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Runnable as a script from the repository root (``python experiments/launch.py``) and as a module.
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+from convit.spec import RunSpec, SpecError  # noqa: E402
+from experiments import SUITES, SuiteError, load_suite  # noqa: E402
+from experiments.collect import collect, run_dir  # noqa: E402
+from experiments.common import (  # noqa: E402
+    SCALES,
+    ScaleError,
+    estimate_hours,
+    get_scale,
+    is_eval,
+    run_name,
+    select,
+    with_seeds,
+)
+
+CLUSTERS = ("local", "debug", "slurm")
+DEFAULT_SCALE = "cpu"
+
+
+class UsageError(Exception):
+    """A user mistake: reported as one line on stderr, exit status 2, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump), so every bad input looks the same."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+# --------------------------------------------------------------------------------------------- arguments
+def _launch_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="launch.py",
+        description="Run one suite of ConViT paper experiments (see 'launch.py list'), then collect CSVs.",
+        epilog="Also: 'launch.py collect SUITE [--scale S]' and 'launch.py list'.",
+    )
+    p.add_argument("suite", help=f"the paper artefact to reproduce: {', '.join(SUITES)}")
+    p.add_argument(
+        "--scale",
+        default=DEFAULT_SCALE,
+        help=f"budget: {', '.join(SCALES)} (default {DEFAULT_SCALE}; 'paper' = the paper's exact settings)",
+    )
+    p.add_argument(
+        "--cluster",
+        default="local",
+        help="where runs execute: local (submitit subprocesses on this machine, default), debug (in this "
+        "process, one after the other; a failure opens pdb), slurm (a job array; give --profile)",
+    )
+    p.add_argument(
+        "--profile", help="cluster profile YAML (slurm/profiles/*.yaml: partition, GPUs, requeues)"
+    )
+    p.add_argument("--partition", help="override the profile's SLURM partition")
+    p.add_argument(
+        "--workdir",
+        default=os.environ.get("CONVIT_RUNS", "runs"),
+        help="root of the run directories (default $CONVIT_RUNS or ./runs)",
+    )
+    p.add_argument("--results", default="results", help="root of the collected CSVs (default ./results)")
+    p.add_argument("--data-root", help="prepared datasets (default $CONVIT_DATA_ROOT)")
+    p.add_argument(
+        "--checkpoints",
+        default=os.environ.get("CONVIT_CHECKPOINTS"),
+        help="folder with the checkpoint files that eval-only entries name (released weights, a "
+        "distillation teacher); default $CONVIT_CHECKPOINTS",
+    )
+    p.add_argument("--only", metavar="GLOB", help="keep runs whose name or variant matches GLOB ('table3-*')")
+    p.add_argument("--max-runs", type=int, metavar="N", help="launch at most N runs (after --only)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="replicate every run over seeds 0..N-1")
+    p.add_argument(
+        "--tasks-per-node",
+        type=int,
+        metavar="N",
+        help="processes per node on CPU-only nodes (DDP over gloo); GPU runs always use one task per GPU",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local cluster only: runs at once on this machine (default 1; they share its cores)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field in every run, e.g. --set recipe.epochs=5 --set data.fraction=0.2 "
+        "(VALUE is JSON, else a string); changes the run names",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and cost; touch no data, no GPU")
+    p.add_argument("--no-collect", action="store_true", help="do not write the CSVs at the end")
+    return p
+
+
+def _collect_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="launch.py collect", description="Gather a suite's run directories into results/ CSVs.")
+    p.add_argument("suite", help=f"one of {', '.join(SUITES)}")
+    p.add_argument("--scale", default=DEFAULT_SCALE, help=f"one of {', '.join(SCALES)}")
+    p.add_argument("--workdir", default=os.environ.get("CONVIT_RUNS", "runs"), help="root of the run dirs")
+    p.add_argument("--results", default="results", help="root of the CSVs (default ./results)")
+    p.add_argument("--seeds", type=int, default=1, help=argparse.SUPPRESS)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ specs
+def _apply_set(spec: RunSpec, assignments: Sequence[str]) -> RunSpec:
+    if not assignments:
+        return spec
+    data = spec.to_dict()
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE (e.g. recipe.epochs=5), got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise UsageError(f"--set {key}: {part!r} is not a section of a run spec")
+            node = node[part]
+        if parts[-1] not in node and parts[-2:-1] != ["kwargs"] and parts[-2:-1] != ["tags"]:
+            raise UsageError(f"--set {key}: unknown field {parts[-1]!r}; valid: {', '.join(sorted(node))}")
+        node[parts[-1]] = value
+    try:
+        return RunSpec.from_dict(data)
+    except SpecError as exc:
+        raise UsageError(f"--set: {exc}") from None
+
+
+def _specs(suite: str, scale: str, args: argparse.Namespace) -> list[RunSpec]:
+    try:
+        module = load_suite(suite)
+        get_scale(scale)
+        specs = module.specs(scale)
+    except (SuiteError, ScaleError) as exc:
+        raise UsageError(str(exc)) from None
+    specs = [_apply_set(s, getattr(args, "set", [])) for s in specs]
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    return with_seeds(specs, args.seeds)
+
+
+def _source_run(spec: RunSpec, specs: Sequence[RunSpec]) -> RunSpec | None:
+    """The training spec an eval entry with ``checkpoint='run:<variant>'`` evaluates (same seed)."""
+    target = str(spec.tags["checkpoint"])[len("run:") :]
+    for s in specs:
+        if not is_eval(s) and s.tags.get("variant") == target and s.seed == spec.seed:
+            return s
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ plan
+def _describe(spec: RunSpec, flops: float) -> str:
+    d = spec.data
+    data = d.name + (f"[:{d.num_classes}cls]" if d.num_classes else "") + f"@{d.img_size}px"
+    data += f" f={d.fraction:g}"
+    if is_eval(spec):
+        what = f"eval {spec.tags.get('checkpoint')}"
+        inter = spec.tags.get("intervention") or {}
+        if inter:
+            what += " " + ",".join(f"{k}={v}" for k, v in sorted(inter.items()))
+        shape = "1x1"
+    else:
+        what = f"{spec.recipe.epochs} ep, batch {spec.recipe.batch_size}, peak lr {spec.recipe.peak_lr():.3g}"
+        shape = f"{spec.resources.nodes}x{spec.resources.gpus_per_node}"
+    note = ""
+    if spec.tags.get("distillation"):
+        note = "  [distillation: engine support pending]"
+    return (
+        f"{run_name(spec):44s} {spec.model.name:18s} {data:34s} {what:42s} {shape:>5s} "
+        f"{estimate_hours(spec, flops):10.2f} h{note}"
+    )
+
+
+def _print_plan(suite: str, scale: str, specs: Sequence[RunSpec], workdir: str) -> None:
+    sc = get_scale(scale)
+    print(f"# {suite} at scale {scale}: {len(specs)} run(s); estimated device-hours on {sc.device}")
+    print(f"# {'run':42s} {'model':18s} {'data':34s} {'what':42s} {'nodes x GPUs':>5s} {'est':>10s}")
+    total = 0.0
+    for spec in specs:
+        state = ""
+        d = run_dir(workdir, spec)
+        if (d / "result.json").is_file():
+            state = "  (done)"
+        elif d.exists():
+            state = "  (resumes)"
+        print(_describe(spec, sc.flops_per_s) + state)
+        total += estimate_hours(spec, sc.flops_per_s)
+    print(f"total: {len(specs)} run(s), {total:.2f} estimated device-hours on {sc.device}")
+    if any(s.tags.get("distillation") for s in specs):
+        print("note: distilled runs need engine support for distillation (pending in convit.train)")
+
+
+# ------------------------------------------------------------------------------------------- validation
+def _validate(specs: Sequence[RunSpec], args: argparse.Namespace) -> Path | None:
+    from convit import data, models
+
+    known = set(models.names())
+    for spec in specs:
+        if spec.model.name not in known:
+            raise UsageError(f"unknown model {spec.model.name!r}; valid names: {', '.join(models.names())}")
+    if any(s.tags.get("distillation") for s in specs if not is_eval(s)):
+        from convit import train
+
+        if not getattr(train, "SUPPORTS_DISTILLATION", False):
+            raise UsageError(
+                "distillation runs need engine support that convit.train does not have yet; "
+                "run the undistilled baselines with 'launch.py main_table' (see experiments/distillation.py)"
+            )
+    try:
+        root = data.resolve_data_root(args.data_root)
+    except data.DataError as exc:
+        raise UsageError(f"{exc} (or pass --data-root DIR)") from None
+    for name in sorted({s.data.name for s in specs}):
+        try:
+            data.dataset_info(name)
+            prepared = data.is_prepared(name, root)
+        except data.DataError as exc:
+            raise UsageError(str(exc)) from None
+        if not prepared:
+            how = (
+                "python -m convit.data prepare imagenet --from /path/to/imagenet"
+                if name == "imagenet"
+                else f"python -m convit.data prepare {name}"
+            )
+            raise UsageError(f"dataset {name} is not prepared under {root}; run: {how} --root {root}")
+    for spec in specs:
+        ref = str(spec.tags.get("checkpoint", ""))
+        if is_eval(spec) and ref.startswith("file:") and _checkpoint_file(ref, args) is None:
+            raise UsageError(
+                f"{run_name(spec)} evaluates {ref[5:]}: pass --checkpoints DIR (or set CONVIT_CHECKPOINTS) "
+                f"with that file in it"
+            )
+    return root
+
+
+def _checkpoint_file(ref: str, args: argparse.Namespace) -> Path | None:
+    if not args.checkpoints:
+        return None
+    path = Path(args.checkpoints) / ref[len("file:") :]
+    return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------- running
+def _resources(spec: RunSpec, args: argparse.Namespace, profile: Any) -> tuple[int, int, int]:
+    """(nodes, gpus_per_node, tasks_per_node) for this machine or cluster."""
+    gpus = spec.resources.gpus_per_node
+    if args.cluster in ("local", "debug"):
+        import torch
+
+        gpus = min(gpus, torch.cuda.device_count())
+    elif profile is not None and profile.gpus_per_node == 0:
+        gpus = 0
+    nodes = spec.resources.nodes
+    if args.cluster != "slurm" and nodes > 1:
+        raise UsageError(
+            f"{run_name(spec)} needs {nodes} nodes: use --cluster slurm --profile FILE (or a smaller --scale)"
+        )
+    tasks = gpus if gpus else (args.tasks_per_node or 1)
+    return nodes, gpus, tasks
+
+
+def _progress(pending: Sequence[tuple[RunSpec, Path]], start: float) -> str:
+    parts = []
+    for spec, d in pending:
+        epoch = 0
+        metrics = d / "metrics.jsonl"
+        if metrics.is_file():
+            lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+            if lines:
+                try:
+                    epoch = int(json.loads(lines[-1]).get("epoch", 0))
+                except (json.JSONDecodeError, ValueError, TypeError):
+                    pass
+        if epoch:
+            parts.append(f"{run_name(spec)} {epoch}/{spec.recipe.epochs}")
+    elapsed = time.monotonic() - start
+    return f"[launch {elapsed:6.0f}s] " + ("; ".join(parts) if parts else "starting")
+
+
+def _run_batch(
+    items: Sequence[tuple[RunSpec, Path, Any]],
+    args: argparse.Namespace,
+    profile: Any,
+    folder: Path,
+    name: str,
+) -> list[str]:
+    """Submit ``items`` (spec, workdir, callable) grouped by resources, wait, and return failure lines."""
+    from convit import jobs
+
+    groups: dict[tuple[int, int, int, int], list[tuple[RunSpec, Path, Any]]] = {}
+    for item in items:
+        key = (*_resources(item[0], args, profile), item[0].resources.timeout_min)
+        groups.setdefault(key, []).append(item)
+    failures: list[str] = []
+    for (nodes, gpus, tasks, timeout), group in groups.items():
+        wave = len(group) if args.cluster == "slurm" else max(1, args.parallel)
+        for i in range(0, len(group), wave):
+            chunk = group[i : i + wave]
+            submitted = jobs.submit(
+                [c[2] for c in chunk],
+                cluster="slurm" if args.cluster == "slurm" else args.cluster,
+                folder=folder,
+                profile=profile,
+                tasks_per_node=tasks,
+                nodes=nodes,
+                gpus_per_node=gpus,
+                timeout_min=timeout,
+                name=name,
+            )
+            for spec, d, _ in chunk:
+                print(f"submitted {run_name(spec)} -> {d}", flush=True)
+            start = time.monotonic()
+            last = ""
+            pending = list(zip(chunk, submitted, strict=True))
+            while pending:
+                still = []
+                for item, job in pending:
+                    if job.done():
+                        try:
+                            job.results() if getattr(job, "num_tasks", 1) > 1 else job.result()
+                        except Exception as exc:  # noqa: BLE001 - report every failed run, go on
+                            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                            failures.append(f"{run_name(item[0])}: {lines[-1]} (logs: {job.paths.stderr})")
+                            print(f"FAILED {run_name(item[0])}: {lines[-1]}", file=sys.stderr, flush=True)
+                        else:
+                            print(f"done {run_name(item[0])}", flush=True)
+                    else:
+                        still.append((item, job))
+                pending = still
+                if pending:
+                    line = _progress([(it[0], it[1]) for it, _ in pending], start)
+                    if line != last:
+                        print(line, flush=True)
+                        last = line
+                    time.sleep(5.0)
+    return failures
+
+
+def _launch(args: argparse.Namespace) -> int:
+    if args.cluster not in CLUSTERS:
+        raise UsageError(f"unknown cluster {args.cluster!r}; choose one of {', '.join(CLUSTERS)}")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UsageError(f"--max-runs must be >= 1, got {args.max_runs}")
+    if args.parallel < 1:
+        raise UsageError(f"--parallel must be >= 1, got {args.parallel}")
+    specs = select(_specs(args.suite, args.scale, args), args.only)
+    if not specs:
+        raise UsageError(f"--only {args.only!r} matches no run of {args.suite} at scale {args.scale}")
+    # an eval entry needs its training run: keep it even when --only / --max-runs would drop it
+    if args.max_runs is not None:
+        specs = specs[: args.max_runs]
+    everything = _specs(args.suite, args.scale, args)
+    for spec in list(specs):
+        if is_eval(spec) and str(spec.tags.get("checkpoint", "")).startswith("run:"):
+            source = _source_run(spec, everything)
+            if source is not None and source not in specs:
+                specs.insert(0, source)
+
+    if args.dry_run:
+        _print_plan(args.suite, args.scale, specs, args.workdir)
+        return 0
+
+    profile = None
+    if args.profile:
+        from convit import jobs
+
+        try:
+            profile = jobs.load_profile(args.profile)
+        except jobs.ProfileError as exc:
+            raise UsageError(str(exc)) from None
+        if args.partition:
+            profile = dataclasses.replace(profile, partition=args.partition)
+    elif args.cluster == "slurm" and args.partition:
+        raise UsageError("--partition needs --profile FILE (see slurm/profiles/example.yaml)")
+    data_root = _validate(specs, args)
+
+    from convit.jobs import TrainJob
+    from experiments.evaluate import EvalJob
+
+    workdir = Path(args.workdir)
+    folder = workdir / "_submitit" / args.suite / args.scale
+    trains, evals = [], []
+    skipped = 0
+    for spec in specs:
+        d = run_dir(workdir, spec)
+        if (d / "result.json").is_file():
+            skipped += 1
+            continue
+        if is_eval(spec):
+            evals.append(spec)
+        else:
+            trains.append((spec, d, TrainJob(spec, d, data_root)))
+    print(
+        f"{args.suite} at scale {args.scale}: {len(specs)} run(s), {skipped} already done, "
+        f"{len(trains)} to train, {len(evals)} to evaluate ({args.cluster})",
+        flush=True,
+    )
+    failures = _run_batch(trains, args, profile, folder, f"convit-{args.suite}") if trains else []
+
+    eval_items = []
+    for spec in evals:
+        ref = str(spec.tags["checkpoint"])
+        if ref.startswith("run:"):
+            source = _source_run(spec, everything)
+            if source is None:
+                failures.append(f"{run_name(spec)}: no training run {ref[4:]!r} in this suite")
+                continue
+            ckpt = run_dir(workdir, source) / "checkpoint.pth"
+            if not (run_dir(workdir, source) / "result.json").is_file() or not ckpt.is_file():
+                failures.append(f"{run_name(spec)}: training run {run_name(source)} has not finished")
+                continue
+        else:
+            found = _checkpoint_file(ref, args)
+            assert found is not None  # checked by _validate
+            ckpt = found
+        d = run_dir(workdir, spec)
+        eval_items.append((spec, d, EvalJob(spec, d, ckpt, data_root)))
+    if eval_items:
+        failures += _run_batch(eval_items, args, profile, folder, f"convit-{args.suite}-eval")
+
+    if not args.no_collect:
+        path = collect(args.suite, args.scale, everything, workdir, args.results)
+        print(f"collected {path}", flush=True)
+    if failures:
+        print(f"{len(failures)} run(s) failed:", file=sys.stderr)
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _collect(argv: Sequence[str]) -> int:
+    args = _collect_parser().parse_args(argv)
+    specs = _specs(args.suite, args.scale, args)
+    path = collect(args.suite, args.scale, specs, args.workdir, args.results)
+    print(f"collected {path}")
+    return 0
+
+
+def _list() -> int:
+    print("suites:")
+    for name, what in SUITES.items():
+        print(f"  {name:18s} {what}")
+    print("scales:")
+    for name in SCALES:
+        sc = get_scale(name)
+        print(
+            f"  {name:8s} {sc.dataset} at {sc.img_size}px, patch {sc.patch_size or 16}, "
+            f"depth {sc.total_depth}, "
+            f"{sc.base_epochs} base epochs (x 1/f), batch {sc.batch_size}, {sc.device}"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "list":
+            return _list()
+        if argv and argv[0] == "collect":
+            return _collect(argv[1:])
+        return _launch(_launch_parser().parse_args(argv))
+    except UsageError as exc:
+        print(f"launch.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("launch.py: interrupted; relaunch the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
