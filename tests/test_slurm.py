@@ -55,7 +55,7 @@ def profile() -> jobs.Profile:
     return jobs.load_profile(PROFILE)
 
 
-def smoke_spec(epochs: int = 2, seed: int = 0) -> RunSpec:
+def smoke_spec(epochs: int = 2, seed: int = 0, eval_every: int = 1) -> RunSpec:
     """A run of a few seconds: 2-block ConViT-Ti on 4 classes of the CIFAR-10 fixture (80 images) at 32 px."""
     return RunSpec(
         model=ModelSpec("convit_tiny", {"depth": 2, "patch_size": 8, "local_up_to_layer": 1}),
@@ -64,6 +64,7 @@ def smoke_spec(epochs: int = 2, seed: int = 0) -> RunSpec:
         resources=ResourceSpec(workers=0, timeout_min=5),
         probes=ProbeSpec(every=1000),
         seed=seed,
+        eval_every=eval_every,
         tags={"suite": "test_slurm"},
     )
 
@@ -131,7 +132,7 @@ def test_usr2_requeues_and_matches_uninterrupted_run(
     tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile
 ) -> None:
     # Two identical specs in one array: member 0 is signalled mid-training, member 1 runs straight through.
-    spec = smoke_spec(epochs=4)
+    spec = smoke_spec(epochs=4, eval_every=4)  # evaluate only at the end: less time, same comparison
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
     submitted = jobs.submit(
         [
