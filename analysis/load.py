@@ -250,9 +250,9 @@ def family(runs: pd.DataFrame) -> pd.Series:
     Why: suites tag runs differently (``variant`` "convit"/"deit" in sample_efficiency, ablation rows
     "a".."g", GPSA-layer and locality-strength sweeps), yet several claims only compare "the ConViT" with
     "the DeiT".
-    Rules, first match wins: ablation row a -> convit, e -> deit, other rows -> other; a variant string that
-    starts with convit/deit/psa; a sweep with ``gpsa_layers`` 0 -> deit, the largest GPSA count at the default
-    locality strength (1 or missing) -> convit; finally the model name prefix.
+    Rules, first match wins: ablation row a -> convit, e -> deit, other rows -> other; a variant containing
+    "psa"; a variant starting with convit/deit; a sweep with ``gpsa_layers`` 0 -> deit, the largest GPSA
+    count at the default locality strength (1 or missing) -> convit; finally the model name prefix.
     """
     out = pd.Series("other", index=runs.index, dtype="object")
     decided = pd.Series(False, index=runs.index)
@@ -282,7 +282,8 @@ def family(runs: pd.DataFrame) -> pd.Series:
         else None
     )
     if variant is not None:
-        for fam in ("convit", "deit", "psa"):
+        assign(variant.str.contains("psa"), "psa")  # e.g. "convit_psa" (Fig. 9) is not the ConViT
+        for fam in ("convit", "deit"):
             assign(variant.str.startswith(fam), fam)
     if "gpsa_layers" in runs.columns:
         g = pd.to_numeric(runs["gpsa_layers"], errors="coerce")

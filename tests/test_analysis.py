@@ -119,7 +119,7 @@ def test_report_verdicts_on_fixture() -> None:
     for cid in ("T5", "T6-order", "T6-depth", "F9", "C100", "T4", "T1-all", "T1-plus"):
         assert v[cid].verdict == report.NOT_RUN and v[cid].scale is None
     # suite ran but lacks the sweep the rule needs -> not yet run
-    assert v["F8-alpha"].verdict == report.NOT_RUN and v["F8-alpha"].scale == "reduced"
+    assert v["F8-alpha"].verdict == report.NOT_RUN and v["F8-alpha"].scale == "smoke"
 
 
 def test_report_flips_when_ordering_fails(tmp_path: Path) -> None:
