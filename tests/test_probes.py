@@ -16,6 +16,15 @@ from convit import models, probes
 SQRT2 = math.sqrt(2)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes 2 threads 10-20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny(name: str = "convit_tiny", **kw):
     """A cheap model of the zoo: 4 blocks (2 GPSA + 2 MHSA for ConViT) on a 4x4 patch grid."""
     cfg = {"img_size": 64, "depth": 4, "num_classes": 10}

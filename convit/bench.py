@@ -1,0 +1,401 @@
+"""Side-by-side speed and memory benchmark: our ConViT, our DeiT of the same size, timm's ConVit (issue 6).
+
+Command::
+
+    python -m convit.bench --models convit_small,deit_small,timm:convit_small --batch 16 --device cpu \\
+        --dtype fp32 [--compile] [--rounds 5] [--iters 3] [--warmup 2] [--csv bench.csv]
+
+Names are ``convit.models`` names, or ``timm:NAME`` for a model built by ``timm.create_model`` (the external
+baseline; timm's ``convit_*`` is a faithful port of the original code, reference 7.5).
+
+Why it is built this way:
+
+- **Interleaved, in one process.** Shared machines are noisy; absolute images/s move by tens of percent from
+  minute to minute, ratios measured side by side much less. Each round runs every model in turn (training
+  steps, then inference), and the reported value is the median over rounds; min and max go to the CSV.
+- **Training step** = forward + cross-entropy + backward + AdamW step + ``zero_grad``, on a fixed ``randn``
+  batch with random labels, in train mode with the recipe's stochastic depth (``--drop-path``, default 0.1,
+  applied to every model so they do the same work). **Inference** = eval-mode forward under
+  ``torch.inference_mode``. bf16 means ``torch.autocast`` with fp32 weights, as in training.
+- **Memory.** On GPU: ``torch.cuda.max_memory_allocated`` over one training step (weights, grads, AdamW
+  state, activations and workspace), after ``reset_peak_memory_stats``. On every device, also the
+  *activation memory* of one training forward: the bytes of the distinct storages autograd saves for
+  backward (``torch.autograd.graph.saved_tensors_hooks``), excluding parameter storages. On CPU this is the
+  meaningful number: ``tracemalloc`` does not see torch's allocator, and RSS deltas are dominated by the
+  allocator's caching and by the weights/optimiser state, which are the same for our ConViT and timm's.
+  Activation memory is what GPSA's materialised per-image positional attention costs, and it is exactly what
+  the peak GPU memory target is about. It is measured on the eager module (also under ``--compile``, where
+  inductor may save less).
+- ``--compile`` wraps each model in ``torch.compile`` (compilation happens in the warm-up, not timed).
+  :func:`graph_breaks` counts dynamo graph breaks for one block, for the "no graph breaks in the blocks"
+  requirement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BenchResult",
+    "activation_bytes",
+    "build",
+    "format_tables",
+    "graph_breaks",
+    "main",
+    "run_benchmark",
+]
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build(
+    name: str, *, img_size: int = 224, num_classes: int = 1000, drop_path: float = 0.1, **overrides: Any
+) -> nn.Module:
+    """A model by benchmark name: ``convit.models`` names, or ``timm:NAME`` for ``timm.create_model``.
+
+    ``overrides`` go to the constructor unchanged (tests shrink ``depth`` with them).
+    """
+    kwargs = {"num_classes": num_classes, "img_size": img_size, "drop_path_rate": drop_path, **overrides}
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name[5:], pretrained=False, **kwargs)
+    from convit import models
+
+    return models.create(name, **kwargs)
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    amp = DTYPES[dtype]
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def activation_bytes(model: nn.Module, images: Tensor, labels: Tensor, autocast: Any = None) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves during one training forward.
+
+    Views of one storage are counted once (keyed by storage pointer), parameters are excluded (they exist
+    anyway), and the graph is freed by a backward afterwards so nothing leaks into the timed steps.
+    """
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        if t.device.type != "meta":
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr not in param_ptrs and ptr != 0:
+                seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast or contextlib.nullcontext():
+        loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def graph_breaks(module: nn.Module, *inputs: Tensor) -> tuple[int, list[str]]:
+    """(number of dynamo graph breaks, their reasons) when tracing ``module(*inputs)`` (no compilation)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(module)(*inputs)
+    reasons = [str(getattr(b, "reason", b)) for b in explanation.break_reasons]
+    return explanation.graph_break_count, reasons
+
+
+@dataclass
+class BenchResult:
+    """Per-model results; lists hold one value per round (images/s)."""
+
+    name: str
+    params: int
+    train: list[float] = field(default_factory=list)
+    infer: list[float] = field(default_factory=list)
+    activation_mb: float | None = None
+    peak_train_mb: float | None = None
+    peak_infer_mb: float | None = None
+
+    @property
+    def train_median(self) -> float:
+        return statistics.median(self.train) if self.train else float("nan")
+
+    @property
+    def infer_median(self) -> float:
+        return statistics.median(self.infer) if self.infer else float("nan")
+
+
+def _build(name: str, **kwargs: Any) -> nn.Module:
+    return build(name, **kwargs)  # indirection so tests can shrink the models
+
+
+class _Runner:
+    """One model with its optimiser, input batch and step functions (built once, reused every round)."""
+
+    def __init__(self, name: str, args: argparse.Namespace, device: torch.device) -> None:
+        self.name = name
+        self.device = device
+        self.dtype = args.dtype
+        self.eager = _build(name, img_size=args.img_size, drop_path=args.drop_path).to(device)
+        self.model = torch.compile(self.eager) if args.compile else self.eager
+        self.optimizer = torch.optim.AdamW(self.eager.parameters(), lr=1e-4, weight_decay=0.05)
+        gen = torch.Generator().manual_seed(0)
+        self.images = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(device)
+        self.labels = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
+        self.result = BenchResult(name, sum(p.numel() for p in self.eager.parameters()))
+
+    def train_step(self) -> None:
+        self.model.train()
+        with _autocast(self.device, self.dtype):
+            loss = F.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def infer_step(self) -> None:
+        self.model.eval()
+        with torch.inference_mode(), _autocast(self.device, self.dtype):
+            self.model(self.images)
+
+    def timed(self, step: Callable[[], None], iters: int) -> float:
+        """Images/s over ``iters`` synchronised steps."""
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        _sync(self.device)
+        return self.images.shape[0] * iters / (time.perf_counter() - start)
+
+    def memory(self) -> None:
+        res = self.result
+        amp = _autocast(self.device, self.dtype)
+        res.activation_mb = activation_bytes(self.eager, self.images, self.labels, amp) / 2**20
+        if self.device.type == "cuda":
+            for step, attr in ((self.train_step, "peak_train_mb"), (self.infer_step, "peak_infer_mb")):
+                _sync(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                step()
+                _sync(self.device)
+                setattr(res, attr, torch.cuda.max_memory_allocated(self.device) / 2**20)
+
+
+@contextlib.contextmanager
+def _quiet_compile_cache() -> Iterator[None]:
+    """Allow one compiled graph per model without dynamo giving up (several models share code objects)."""
+    import torch._dynamo
+
+    old = torch._dynamo.config.cache_size_limit
+    torch._dynamo.config.cache_size_limit = max(old, 64)
+    try:
+        yield
+    finally:
+        torch._dynamo.config.cache_size_limit = old
+
+
+def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[BenchResult]:
+    """Build every model, warm up, then ``rounds`` interleaved rounds of train and inference timing."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    with _quiet_compile_cache() if args.compile else contextlib.nullcontext():
+        runners = []
+        for name in args.models:
+            runner = _Runner(name, args, device)
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                runner.train_step()
+                runner.infer_step()
+            runner.memory()
+            log(f"  built + warmed {name} ({time.perf_counter() - t0:.1f} s warm-up)")
+            runners.append(runner)
+        for r in range(args.rounds):
+            for runner in runners:
+                runner.result.train.append(runner.timed(runner.train_step, args.iters))
+                runner.result.infer.append(runner.timed(runner.infer_step, args.iters))
+            log(
+                f"  round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{x.name} {x.result.train[-1]:.1f}/{x.result.infer[-1]:.1f}" for x in runners)
+            )
+    results = [runner.result for runner in runners]
+    del runners
+    gc.collect()
+    return results
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, row in enumerate(rows):
+        out.append(
+            "  ".join(
+                [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+            )
+        )
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _f(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_tables(results: Sequence[BenchResult], references: Sequence[str]) -> str:
+    """Absolute numbers per model, then each model's ratios to each reference model."""
+    rows = [["model", "params", "train img/s", "(min-max)", "infer img/s", "act MB", "peak train MB"]]
+    for r in results:
+        rows.append(
+            [
+                r.name,
+                f"{r.params / 1e6:.2f}M",
+                _f(r.train_median),
+                f"{min(r.train):.1f}-{max(r.train):.1f}" if r.train else "-",
+                _f(r.infer_median),
+                _f(r.activation_mb, ".0f"),
+                _f(r.peak_train_mb, ".0f"),
+            ]
+        )
+    by_name = {r.name: r for r in results}
+    ratios = [["model / reference", "train", "infer", "act mem", "peak train mem"]]
+    for ref_name in references:
+        ref = by_name[ref_name]
+        for r in results:
+            if r.name == ref_name:
+                continue
+            ratios.append(
+                [
+                    f"{r.name} / {ref_name}",
+                    _f(_ratio(r.train_median, ref.train_median), ".3f"),
+                    _f(_ratio(r.infer_median, ref.infer_median), ".3f"),
+                    _f(_ratio(r.activation_mb, ref.activation_mb), ".3f"),
+                    _f(_ratio(r.peak_train_mb, ref.peak_train_mb), ".3f"),
+                ]
+            )
+    return (
+        _table(rows) + "\n\nratios (throughput: higher is faster; memory: lower is leaner)\n" + _table(ratios)
+    )
+
+
+def _write_csv(path: Path, results: Sequence[BenchResult], references: Sequence[str], meta: dict) -> None:
+    by_name = {r.name: r for r in results}
+    rows = []
+    for r in results:
+        row = dict(meta)
+        row.update(
+            model=r.name,
+            params=r.params,
+            train_img_s=r.train_median,
+            train_min=min(r.train),
+            train_max=max(r.train),
+            infer_img_s=r.infer_median,
+            infer_min=min(r.infer),
+            infer_max=max(r.infer),
+            activation_mb=r.activation_mb,
+            peak_train_mb=r.peak_train_mb,
+            peak_infer_mb=r.peak_infer_mb,
+        )
+        for ref in references:
+            row[f"train_vs_{ref}"] = _ratio(r.train_median, by_name[ref].train_median)
+            row[f"infer_vs_{ref}"] = _ratio(r.infer_median, by_name[ref].infer_median)
+            row[f"act_mem_vs_{ref}"] = _ratio(r.activation_mb, by_name[ref].activation_mb)
+            row[f"peak_mem_vs_{ref}"] = _ratio(r.peak_train_mb, by_name[ref].peak_train_mb)
+        rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m convit.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="convit_small,deit_small,timm:convit_small")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument("--iters", type=int, default=3, help="timed steps per model per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed train+infer steps per model")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--drop-path", type=float, default=0.1)
+    parser.add_argument(
+        "--reference", default=None, help="comma-separated reference models (default: all but the first)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--csv", type=Path, default=None)
+    args = parser.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.reference = args.reference.split(",") if args.reference else args.models[1:] or args.models[:1]
+    unknown = [r for r in args.reference if r not in args.models]
+    if unknown:
+        parser.error(f"reference models {unknown} are not in --models")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the tables and optionally write the CSV."""
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace) -> int:
+    meta = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "batch": args.batch,
+        "img_size": args.img_size,
+        "rounds": args.rounds,
+        "iters": args.iters,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    print("convit.bench: " + ", ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results = run_benchmark(args, log)
+    print(format_tables(results, args.reference))
+    if args.csv:
+        _write_csv(args.csv, results, args.reference, meta)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""Table 1 columns (convit.zoo) against reference 1.4, and a smoke run of the benchmark (convit.bench).
+
+Speed is measured by the benchmark command, never asserted here: these tests check counts, plumbing and
+output formats on tiny inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from convit import bench, models, zoo
+
+# reference 1.4: (params, params without head, GMACs full, GMACs without the attention matmuls)
+REFERENCE = {
+    "convit_tiny": (5_710_512, 5_517_512, 1.25, 1.08),
+    "convit_tiny_plus": (9_972_912, 9_715_912, 2.13, 1.89),
+    "convit_small": (27_777_322, 27_344_322, 5.75, 5.35),
+    "convit_small_plus": (48_979_882, 48_402_882, 10.00, 9.47),
+    "convit_base": (86_540_040, 85_771_040, 17.51, 16.80),
+    "convit_base_plus": (153_134_856, 152_109_856, 30.74, 29.79),
+    "deit_tiny": (5_717_416, 5.52e6, 1.25, 1.07),
+    "deit_tiny_plus": (9_982_184, 9.73e6, 2.14, 1.90),
+    "deit_small": (22_050_664, 21.67e6, 4.60, 4.24),
+    "deit_small_plus": (49_000_744, 48.42e6, 10.04, 9.50),
+    "deit_base": (86_567_656, 85.80e6, 17.56, 16.85),
+    "deit_base_plus": (153_171_944, 152.15e6, 30.85, 29.90),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes 2 threads 10-20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_params_and_macs_match_reference(name):
+    params, no_head, gmacs, gmacs_no_attn = REFERENCE[name]
+    row = zoo.measure(name, batch=None)  # meta-device counts, no throughput
+    assert row.params == params
+    assert row.params_no_head == pytest.approx(no_head, abs=5e3)
+    assert row.gmacs == pytest.approx(gmacs, abs=0.01)
+    assert row.gmacs_no_attn == pytest.approx(gmacs_no_attn, abs=0.01)
+    assert row.paper_size_m == round(row.params_no_head / 1e6)  # the Size column's convention (reference 1.3)
+
+
+@pytest.mark.parametrize("name", ["convit_tiny", "deit_tiny"])
+def test_real_model_counts_equal_meta_counts_and_fast_flag_is_restored(name):
+    torch.manual_seed(0)
+    model = models.create(name)
+    assert zoo.count_macs(model) == pytest.approx(zoo.count_macs(model.to("meta"), device="meta"), rel=1e-12)
+    assert all(m.fast for m in model.modules() if isinstance(getattr(m, "fast", None), bool))
+
+
+def test_zoo_main_prints_table_and_writes_csv(tmp_path, capsys):
+    out = tmp_path / "zoo.csv"
+    assert zoo.main(["--models", "deit_small,convit_small", "--no-throughput", "--csv", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "convit_small" in text and "5.35" in text and "4.24" in text and "paper FLOPs" in text
+    rows = list(csv.DictReader(out.open()))
+    assert [r["model"] for r in rows] == ["deit_small", "convit_small"]
+    assert float(rows[1]["gmacs"]) == pytest.approx(5.75, abs=0.01)
+    assert rows[1]["img_per_s"] == ""
+
+
+def test_throughput_protocol_runs():
+    model = models.create("deit_tiny", img_size=32, depth=2, num_classes=10)
+    model.train()
+    speed = zoo.throughput(model, 2, warmup=1, iters=2, img_size=32)
+    assert speed > 0 and model.training
+
+
+def test_bench_smoke(tmp_path, capsys, monkeypatch):
+    def shallow(name, **kwargs):  # 2 blocks (ConViT: 1 GPSA + 1 MHSA) keep the smoke run to seconds
+        extra = {"local_up_to_layer": 1} if "convit" in name else {}
+        return bench.build(name, depth=2, **extra, **kwargs)
+
+    monkeypatch.setattr(bench, "_build", shallow)
+    out = tmp_path / "bench.csv"
+    argv = ["--models", "convit_tiny,deit_tiny,timm:convit_tiny", "--img-size", "32", "--batch", "2"]
+    argv += ["--rounds", "1", "--iters", "1", "--warmup", "1", "--device", "cpu", "--threads", "1"]
+    argv += ["--csv", str(out)]
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "convit_tiny / deit_tiny" in text and "convit_tiny / timm:convit_tiny" in text
+    rows = {r["model"]: r for r in csv.DictReader(out.open())}
+    assert set(rows) == {"convit_tiny", "deit_tiny", "timm:convit_tiny"}
+    for row in rows.values():
+        assert float(row["train_img_s"]) > 0 and float(row["infer_img_s"]) > 0
+        assert float(row["activation_mb"]) > 0
+    assert float(rows["deit_tiny"]["train_vs_deit_tiny"]) == 1.0
+
+
+def test_activation_bytes_counts_saved_activations_not_weights():
+    torch.manual_seed(0)
+    model = models.create("deit_tiny", img_size=32, depth=2, num_classes=10)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    small = bench.activation_bytes(model, x[:2], y[:2])
+    large = bench.activation_bytes(model, x, y)
+    assert 0 < small < large < 3 * small  # grows with the batch; weights (~5 MB) are not included
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_bench_rejects_unknown_reference():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "convit_tiny,deit_tiny", "--reference", "deit_small"])
+
+
+@pytest.mark.parametrize("block", [0, 3])
+def test_blocks_compile_without_graph_breaks(block):
+    """GPSA (block 0) and MHSA (block 3) blocks trace into a single dynamo graph (train mode)."""
+    model = models.create("convit_tiny", img_size=32, depth=4, local_up_to_layer=2, num_classes=10)
+    n = 4 if block < 2 else 5
+    x = torch.randn(2, n, model.embed_dim)
+    breaks, reasons = bench.graph_breaks(model.blocks[block], x)
+    assert breaks == 0, reasons
