@@ -195,6 +195,9 @@ class _LocalAttention(nn.Module):
     def _make_gate(self, num_heads: int, gating_init: float, train_gating: bool) -> None:
         """Hook for GPSA's gate; registered first so the parameter order equals timm's."""
 
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, fast={self.fast}, mask={self.mask}"
+
     # --- initialisation ----------------------------------------------------------------------------------
     def local_init(self) -> None:
         """Convolutional init (reference 7.3): W_val = I and conv-kernel pos_proj rows scaled by alpha.
