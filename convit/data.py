@@ -705,11 +705,15 @@ def prepare(
     """
     info = dataset_info(name)
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     final = root / info.folder
+    if is_prepared(name, root) and not force:
+        return final  # before any write: the root may be a read-only shared copy
+    root.mkdir(parents=True, exist_ok=True)
     with _lock(root / f".{info.folder}.lock"):
         if is_prepared(name, root) and not force:
-            return final
+            return final  # another process finished it while we waited
+        for stale in root.glob(f".{info.folder}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a killed prepare's (its owner held this lock)
         if final.exists() or final.is_symlink():
             if not force:
                 raise DataError(
@@ -810,28 +814,46 @@ def bench(
     """Loader images/s with the training transform, through a DataLoader as training uses it.
 
     Two warm-up batches (worker start-up) are not timed; it stops after ``max_batches`` or ``seconds``.
+    Also prints images per CPU-second of the loading processes (main + workers, from ``getrusage``), which
+    does not depend on how busy a shared machine is: multiply by the cores given to loading to predict it.
     """
+    import resource
 
-    data = DataSpec(name=name, img_size=img_size, fraction=fraction)
-    train, _ = build_datasets(data, RecipeSpec(), root)
+    def cpu_seconds() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers count once they have exited
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    spec = DataSpec(name=name, img_size=img_size, fraction=fraction)
+    train, _ = build_datasets(spec, RecipeSpec(), root)
+    if workers == 0:
+        torch.set_num_threads(1)  # as inside a DataLoader worker
     loader = torch.utils.data.DataLoader(
         train, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=False
     )
-    images, start, done = 0, 0.0, 0
-    for i, (x, _y) in enumerate(loader):
-        if i == 2:  # ignore worker start-up
+    images, start, done, cpu0, warm_images = 0, 0.0, 0, cpu_seconds(), 0
+    iterator = iter(loader)
+    for i, (x, _y) in enumerate(iterator):
+        if i < 2:  # ignore worker start-up
+            warm_images += x.shape[0]
             start = time.perf_counter()
-        elif i > 2:
-            images += x.shape[0]
-            done += 1
-            if done >= max_batches or time.perf_counter() - start > seconds:
-                break
+            continue
+        images += x.shape[0]
+        done += 1
+        if done >= max_batches or time.perf_counter() - start > seconds:
+            break
+    elapsed = time.perf_counter() - start
+    del iterator  # shuts the workers down so their CPU time is counted
     if not images:
         raise DataError(f"{name} has too few images for a benchmark at batch {batch}")
-    rate = images / (time.perf_counter() - start)
+    rate = images / elapsed
+    # CPU time covers warm-up and all prefetched batches too: count every image the workers decoded.
+    prefetched = min(len(loader) - 2 - done, 2 * max(workers, 1)) if workers else 0
+    per_cpu = (warm_images + images + prefetched * batch) / max(cpu_seconds() - cpu0, 1e-9)
     print(
         f"{name} img_size={img_size} batch={batch} workers={workers}: {rate:.0f} images/s "
-        f"({images} images, {time.perf_counter() - start:.1f} s, {os.cpu_count()} CPUs)"
+        f"({images} images in {elapsed:.1f} s; {per_cpu:.0f} images per CPU-second; "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})"
     )
     return rate
 

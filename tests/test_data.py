@@ -99,6 +99,12 @@ def test_interrupted_prepare_leaves_no_complete_looking_folder(
     assert not (tmp_path / "cifar10-fixture").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     assert not data.is_prepared("cifar10-fixture", tmp_path)
+    # a SIGKILLed prepare cannot clean up: the next prepare removes its leftovers and succeeds
+    (tmp_path / ".cifar10-fixture.partial-dead" / "out" / "train").mkdir(parents=True)
+    monkeypatch.undo()
+    data.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert data.is_prepared("cifar10-fixture", tmp_path)
 
 
 def test_unmarked_folder_needs_force(tmp_path: Path, archives_dir: Path) -> None:
