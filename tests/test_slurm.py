@@ -168,3 +168,33 @@ def test_usr2_requeues_and_matches_uninterrupted_run(
         assert time.monotonic() < deadline, f"sacct states {states}"
         time.sleep(1)
     assert "REQUEUED" in states, f"no requeued attempt in sacct: {states}"
+
+
+@pytest.mark.slow
+def test_scontrol_requeue_resumes_from_the_run_directory(
+    tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile
+) -> None:
+    # 'scontrol requeue' sends SIGTERM then SIGKILL and never calls checkpoint(): the job saves at the next
+    # step on SIGTERM, waits to be killed, and the restarted job resumes from its run directory by itself.
+    spec = smoke_spec(epochs=4, eval_every=4)
+    requeued, reference = tmp_path / "requeued", tmp_path / "reference"
+    submitted = jobs.submit(
+        [jobs.TrainJob(spec, requeued, fixture_data_root), jobs.TrainJob(spec, reference, fixture_data_root)],
+        cluster="slurm",
+        folder=tmp_path / "submitit",
+        profile=profile,
+        timeout_min=5,
+        name="test-scontrol",
+    )
+    metrics = requeued / "metrics.jsonl"
+    deadline = time.monotonic() + 150
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert time.monotonic() < deadline, "the job logged no epoch in time"
+        assert not (requeued / "result.json").exists(), "the run finished before it could be requeued"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", submitted[0].job_id], check=True, timeout=30)
+
+    results = jobs.wait(submitted, timeout_s=240)
+    assert _comparable(results[0]) == _comparable(results[1])
+    assert _metrics(requeued) == _metrics(reference)
+    assert "caught SIGTERM" in (submitted[0].stderr() or "")
