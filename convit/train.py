@@ -667,6 +667,7 @@ class _Engine:
             "rng": ckpt.rng_state(),
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
+            "last_lr": self.last_lr,
             "wall_time_s": self._wall_time(),
             "history": self.history,
             "world_size": self.ctx.world_size,
@@ -712,6 +713,7 @@ class _Engine:
         self.loss_sum = float(state["loss_sum"]) if self.ctx.is_main else 0.0
         self.loss_count = int(state["loss_count"]) if self.ctx.is_main else 0
         self.wall_before = float(state["wall_time_s"])
+        self.last_lr = float(state.get("last_lr", self.optimizer.param_groups[0]["lr"]))
         self.history = list(state["history"])
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
         self.say(
@@ -731,6 +733,7 @@ class _Engine:
         self.global_step = 0
         self.loss_sum = 0.0  # global (all ranks) sum of per-micro-batch mean losses for the current epoch
         self.loss_count = 0
+        self.last_lr = 0.0  # lr of the latest optimiser step (logged; restored on resume)
         self.history: list[dict[str, Any]] = []
         if ctx.is_main:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -789,10 +792,9 @@ class _Engine:
                 mininterval=1.0,
             )
         it = iter(self.loader)
-        lr = self.optimizer.param_groups[0]["lr"]
         steps_done = 0
         for step in range(start_step, plan.steps_per_epoch):
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.last_lr = self.optimizer.param_groups[0]["lr"]
             step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
             for micro in range(plan.accum):
                 images, targets = next(it)
@@ -856,14 +858,17 @@ class _Engine:
             "epoch": epoch + 1,
             "step": self.global_step,
             "train_loss": train_loss,
-            "lr": lr,
+            "lr": self.last_lr,
         }
         last = epoch + 1 == recipe.epochs
         if last or (spec.eval_every > 0 and (epoch + 1) % spec.eval_every == 0):
-            metrics = _evaluate(self.model, self.val_ds, ctx, self.eval_batch, 0, self._autocast)
+            workers = spec.resources.workers
+            metrics = _evaluate(self.model, self.val_ds, ctx, self.eval_batch, workers, self._autocast)
             entry.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
             if self.ema is not None:
-                ema_metrics = _evaluate(self.ema.module, self.val_ds, ctx, self.eval_batch, 0, self._autocast)
+                ema_metrics = _evaluate(
+                    self.ema.module, self.val_ds, ctx, self.eval_batch, workers, self._autocast
+                )
                 entry.update(
                     ema_val_top1=ema_metrics["top1"],
                     ema_val_top5=ema_metrics["top5"],

@@ -114,15 +114,16 @@ def test_should_stop_mid_epoch_then_resume_matches(tmp_path, fixture_data_root, 
         return should_stop
 
     with pytest.raises(train.Preempted) as info:
-        train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after(4))
-    assert (info.value.epoch, info.value.step) == (1, 1)  # 3 steps per epoch: global step 4
+        train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after(3))
+    assert (info.value.epoch, info.value.step) == (0, 3)  # 3 steps per epoch: the last step of epoch 0
     state = checkpoint.load(workdir / checkpoint.CHECKPOINT)
-    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
-    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
+    assert (workdir / "metrics.jsonl").read_text() == ""  # epoch 0 not finished (not evaluated) yet
 
     with pytest.raises(train.Preempted) as info:
         train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after(4))
-    assert (info.value.epoch, info.value.step) == (2, 2)
+    assert (info.value.epoch, info.value.step) == (2, 1)  # global step 7, mid-epoch
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
 
     result = train.run(spec, workdir, data_root=fixture_data_root)
     got_result, lines = _outcome(workdir)
