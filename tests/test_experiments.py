@@ -1,0 +1,255 @@
+"""Experiment specs, the launcher CLI and the collector.
+
+Every suite x scale must build valid, uniquely named specs that the model zoo and the data module accept; the
+launcher must print a plan without touching data, refuse bad input in one line, and run the smoke suite end to
+end (train -> CSVs -> relaunch skips). Runs are tiny (cifar10-fixture, depth 2, 1-2 epochs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from convit import models
+from convit.data import dataset_info
+from convit.spec import RunSpec
+from experiments import SUITES, load_suite
+from experiments.collect import CURVE_COLUMNS, LOCALITY_COLUMNS, RUN_COLUMNS
+from experiments.common import SCALES, estimate_hours, get_scale, is_eval, run_name
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = [sys.executable, str(REPO / "experiments" / "launch.py")]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LAUNCH, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        timeout=300,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- specs
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_specs_are_valid(suite: str, scale: str) -> None:
+    specs = load_suite(suite).specs(scale)
+    assert specs, f"{suite}/{scale} has no runs"
+    names = [run_name(s) for s in specs]
+    assert len(set(names)) == len(names), "run names must be unique"
+    known = set(models.names())
+    for spec in specs:
+        assert RunSpec.from_json(spec.to_json()) == spec
+        assert spec.model.name in known
+        assert 0.0 < spec.data.fraction <= 1.0
+        dataset_info(spec.data.name)
+        for key in ("suite", "scale", "variant", "task"):
+            assert key in spec.tags
+        assert spec.tags["scale"] == scale
+        assert estimate_hours(spec, get_scale(scale).flops_per_s) >= 0
+        if not is_eval(spec):
+            # the engine computes steps from the global batch: it must fit the (subsampled) training set
+            sc = get_scale(scale)
+            assert spec.recipe.batch_size <= sc.batch_size
+        else:
+            assert spec.tags["checkpoint"].split(":")[0] in ("run", "file")
+
+
+def test_models_build_at_smoke_scale() -> None:
+    """Every distinct smoke model (with its ablation switches) is accepted by the zoo."""
+    seen = set()
+    for suite in SUITES:
+        for spec in load_suite(suite).specs("smoke"):
+            key = (spec.model.name, json.dumps(spec.model.kwargs, sort_keys=True))
+            if key in seen:
+                continue
+            seen.add(key)
+            models.create(spec.model.name, num_classes=10, img_size=spec.data.img_size, **spec.model.kwargs)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_sample_efficiency_epochs_scale_with_one_over_f(scale: str) -> None:
+    specs = load_suite("sample_efficiency").specs(scale)
+    base = get_scale(scale).base_epochs
+    fractions = sorted({s.data.fraction for s in specs})
+    assert fractions == [0.05, 0.1, 0.3, 0.5, 1.0]
+    for spec in specs:
+        assert spec.recipe.epochs == max(1, round(base / spec.data.fraction))
+        assert spec.recipe.warmup_epochs == get_scale(scale).warmup_epochs  # fixed in epochs (decision)
+    assert {s.tags["variant"] for s in specs} == {"deit", "convit"}
+    if scale == "paper":
+        assert sorted(s.recipe.epochs for s in specs if s.tags["variant"] == "convit") == [
+            300,
+            600,
+            1000,
+            3000,
+            6000,
+        ]
+        assert {s.model.name for s in specs} == {"deit_small", "convit_small"}
+
+
+def test_paper_scale_recipes() -> None:
+    main = {s.tags["variant"]: s for s in load_suite("main_table").specs("paper") if not is_eval(s)}
+    assert len(main) == 12
+    base, plus = main["convit_small"], main["convit_small_plus"]
+    assert (base.recipe.batch_size, base.recipe.peak_lr()) == (1024, pytest.approx(1e-3))
+    assert (base.resources.nodes, base.resources.gpus_per_node) == (2, 8)
+    assert base.recipe.base_lr == pytest.approx(5e-4) and base.recipe.epochs == 300
+    assert (plus.recipe.batch_size, plus.recipe.base_lr, plus.recipe.peak_lr()) == (512, 4e-4, 4e-4)
+    assert (plus.resources.nodes, plus.resources.gpus_per_node) == (1, 8)
+    assert base.data.name == "imagenet" and base.data.img_size == 224 and base.model.kwargs == {}
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_ablations_use_the_plus_recipe(scale: str) -> None:
+    specs = load_suite("ablations").specs(scale)
+    sc = get_scale(scale)
+    table3 = [s for s in specs if s.tags["variant"].startswith("table3-")]
+    assert sorted({s.tags["row"] for s in table3}) == list("abcdefg")
+    assert len(table3) == 14
+    for spec in specs:
+        assert spec.recipe.batch_size == sc.batch_size // 2
+        assert spec.recipe.peak_lr() == pytest.approx(4e-4)
+        assert spec.model.name.endswith("_plus")
+    tenth = [s for s in table3 if s.data.fraction == 0.1]
+    assert all(s.recipe.epochs == max(1, round(sc.base_epochs / 0.1)) for s in tenth)  # 300/f decision
+    e = [s for s in table3 if s.tags["row"] == "e"]
+    assert all(s.model.name.startswith("deit_") for s in e)
+    if scale == "paper":
+        grid = [s for s in specs if s.tags["variant"].startswith("grid-")]
+        assert len(grid) == 10 and all(s.data.num_classes == 100 for s in grid)
+        assert sorted({s.tags["gpsa_layers"] for s in grid}) == [0, 3, 6, 9]
+
+
+def test_shared_runs_have_identical_specs() -> None:
+    """locality and psa reuse main_table's runs: same spec, same directory, trained once."""
+    for scale in SCALES:
+        main = {run_name(s) for s in load_suite("main_table").specs(scale)}
+        for suite in ("locality", "psa"):
+            shared = [s for s in load_suite(suite).specs(scale) if s.tags["suite"] == "main_table"]
+            assert shared and {run_name(s) for s in shared} <= main
+
+
+def test_changed_spec_changes_the_name() -> None:
+    import dataclasses
+
+    spec = load_suite("sample_efficiency").specs("smoke")[0]
+    other = dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, epochs=spec.recipe.epochs + 1))
+    assert run_name(spec) != run_name(other)
+    assert run_name(spec).rsplit("-", 1)[0] == run_name(other).rsplit("-", 1)[0]
+
+
+# ---------------------------------------------------------------------------------------------- dry run
+def test_dry_run_prints_one_line_per_run_and_a_total(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no data root: dry-run must not need one
+    proc = _cli("sample_efficiency", "--scale", "paper", "--dry-run", "--workdir", str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith("#")]
+    runs = [ln for ln in lines if not ln.startswith(("total", "note"))]
+    assert len(runs) == 10
+    assert any("convit_small" in ln and "6000 ep" in ln and "2x8" in ln for ln in runs)
+    total = [ln for ln in lines if ln.startswith("total:")]
+    assert len(total) == 1 and "10 run(s)" in total[0]
+    assert not (tmp_path / "sample_efficiency").exists()
+
+
+def test_dry_run_seeds_only_and_distillation_note(tmp_path: Path) -> None:
+    proc = _cli("ablations", "--scale", "cpu", "--dry-run", "--seeds", "2", "--only", "table3-*")
+    assert proc.returncode == 0, proc.stderr
+    assert "total: 28 run(s)" in proc.stdout
+    proc = _cli("distillation", "--scale", "paper", "--dry-run")
+    assert proc.returncode == 0 and "pending" in proc.stdout
+
+
+def test_list_and_help() -> None:
+    proc = _cli("list")
+    assert proc.returncode == 0 and all(s in proc.stdout for s in SUITES) and "smoke" in proc.stdout
+    proc = _cli("--help")
+    assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--seeds" in proc.stdout
+
+
+# -------------------------------------------------------------------------------------------- bad input
+def _bad_profile(tmp_path: Path) -> str:
+    path = tmp_path / "p.yaml"
+    path.write_text("partition: debug\ngpus_per_node: 0\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["nope"], "unknown suite"),
+        (["masking", "--scale", "huge"], "unknown scale"),
+        (["masking", "--scale", "smoke", "--cluster", "cloud"], "unknown cluster"),
+        (["main_table", "--scale", "smoke", "--set", "model.name=convit_huge"], "unknown model"),
+        (["main_table", "--scale", "smoke", "--set", "data.fraction=1.5"], "fraction"),
+        (["main_table", "--scale", "smoke", "--profile", "/nonexistent/p.yaml"], "not found"),
+        (["main_table", "--scale", "smoke", "--profile", "BAD"], "missing required field"),
+        (["main_table", "--scale", "smoke", "--data-root", "EMPTY"], "not prepared"),
+        (["main_table", "--scale", "smoke", "--bogus"], "unrecognized"),
+        (["collect", "nope"], "unknown suite"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    args = [_bad_profile(tmp_path) if a == "BAD" else a for a in args]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [str(empty) if a == "EMPTY" else a for a in args]
+    if "--data-root" not in args:
+        args += ["--data-root", str(empty)]
+    if args[0] == "collect":
+        args = args[:2]
+    proc = _cli(*args, "--workdir", str(tmp_path / "runs")) if args[0] != "collect" else _cli(*args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    assert needle in err[0], err[0]
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_smoke_launch_end_to_end_then_skip(tmp_path: Path, fixture_data_root: Path) -> None:
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    common = [
+        "--scale", "smoke", "--cluster", "debug", "--data-root", str(fixture_data_root),
+        "--workdir", str(runs), "--results", str(results),
+    ]  # fmt: skip
+    # masking at smoke scale, Table 5 only: trains the DeiT-Ti / ConViT-Ti pair (1 epoch each, pulled in by
+    # the evaluations that need them), then evaluates both with the positional embedding masked
+    proc = _cli("masking", *common, "--only", "*mask_pos_embed*")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = _rows(results / "masking" / "smoke.csv")
+    assert list(table[0])[: len(RUN_COLUMNS)] == RUN_COLUMNS
+    assert len(table) == 4 and all(r["status"] == "done" and r["top1"] for r in table)
+    evals = [r for r in table if r["task"] == "eval"]
+    assert len(evals) == 2 and {r["epochs"] for r in evals} == {"0"}
+    assert all(json.loads(r["intervention"]) == {"mask_pos_embed": True} for r in evals)
+    curves = _rows(results / "masking" / "smoke_curves.csv")
+    assert curves and list(curves[0]) == CURVE_COLUMNS
+    locality = _rows(results / "masking" / "smoke_locality.csv")
+    assert locality and list(locality[0]) == LOCALITY_COLUMNS
+    assert any(r["gate_sigma"] for r in locality)  # ConViT's GPSA layer
+
+    again = _cli("masking", *common, "--only", "*mask_pos_embed*")
+    assert again.returncode == 0, again.stderr
+    assert "4 run(s), 4 already done, 0 to train, 0 to evaluate" in again.stdout
+    assert _rows(results / "masking" / "smoke.csv") == table
+
+    collected = _cli(
+        "collect", "masking", "--scale", "smoke", "--workdir", str(runs), "--results", str(results)
+    )
+    assert collected.returncode == 0 and _rows(results / "masking" / "smoke.csv") == table
