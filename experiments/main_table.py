@@ -23,7 +23,7 @@ Paper top-1 (Table 1)::
     DeiT    72.2   75.9   79.8   79.0   81.8   77.5
     ConViT  73.1   76.7   81.3   82.2   82.4   82.5
 
-Cost: paper ~14,000 V100-hours for the 12 runs (B+ alone ~2,600; measured DeiT-B reference: 53 h on 8 V100,
+Cost: paper ~3,500 V100-hours for the 12 runs (B+ alone ~800; calibrated on DeiT-B's reported 53 h on 8 V100,
 i.e. ~420 GPU-h); reduced (Tiny-ImageNet 64 px / patch 8, 100 epochs, one GPU) ~9 GPU-hours, B+ being the
 largest (~2.4 h); cpu only the Ti and Ti+ pairs (S/B collapse onto them after shrinking), 4 runs, ~35 min;
 smoke seconds. ``--dry-run`` prints per-run estimates.

@@ -24,7 +24,7 @@ absolute numbers are not the paper's; the *trend* (gain decreasing with f) is th
 Cost (``--dry-run`` prints the per-run estimate from FLOPs):
 
 * paper: 10 runs x ~300 ImageNet epochs-equivalent each; ConViT-S ~5.75 GMAC, DeiT-S ~4.6 GMAC per image:
-  ~3,700 V100-hours in total (about 2 x 8 GPUs for ~10 days per pair of runs), as the paper.
+  ~1,350 V100-hours in total (``--dry-run``'s FLOP estimate: ~130 h per run, 16 GPUs for ~8 h each).
 * reduced (Tiny-ImageNet, 64 px, patch 8, 100 x 1/f epochs, batch 256, one GPU): ~3 GPU-hours in total on
   an A100/H100-class GPU (10 runs, ~10^7 training images each at ~9-11 GFLOP). 100 epochs because
   Tiny-ImageNet has 100k images: the f = 0.05 run then has 5k images for 2000 epochs, the same image budget.
