@@ -37,8 +37,8 @@ Recorded decisions (reference 9.2.3, 9.1.4-5):
 * **Model: ConViT-S+** for the grid too (Fig. 8 and Fig. 12 captions; the text says ConViT-S).
 * **"+" recipe** for all S+ runs (batch 512, lr 4e-4).
 
-Cost: paper ~7,200 V100-hours for Table 3 (14 runs of ~300 ImageNet epochs-equivalent of S+, ~10 GMAC per
-image) plus ~2,500 for the grid (10 runs on 100 classes); reduced ~8 GPU-hours for Table 3 + ~3 for the grid
+Cost: paper ~3,900 V100-hours in all (``--dry-run``): Table 3 is 14 runs of ~300 ImageNet epochs-equivalent of
+S+ (~10 GMAC per image), the grid 10 runs on 100 classes; reduced ~8 GPU-hours for Table 3 + ~3 for the grid
 (Tiny-ImageNet, first 100 classes for the grid); cpu (Ti+ widths, depth 6, GPSA layers {0, 2, 3, 5}) ~3 hours
 for all 24 runs, so run ``--only 'table3-*'`` or ``--only 'grid-*'`` for ~1.5 h each; smoke seconds.
 """

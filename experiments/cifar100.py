@@ -18,7 +18,7 @@ Data: CIFAR-100 is not among the offline archives; ``python -m convit.data prepa
 official ``cifar-100-python.tar.gz`` in the archives folder. The launcher stops with that instruction if it
 is missing.
 
-Scales: paper = 224 px, patch 16, 3000 epochs on 1 x 8 GPUs (~4,000 V100-hours for 6 runs, B+ ~1,700);
+Scales: paper = 224 px, patch 16, 3000 epochs on 1 x 8 GPUs (~860 V100-hours for 6 runs, B+ ~400);
 reduced = 64 px (upsampled from 32 like the paper's 224), patch 8, 300 epochs (3000 x 100/300 would be 1000,
 ~15 GPU-hours; 300 keeps the suite at ~5 GPU-hours), one GPU; cpu = CIFAR-100 at 32 px, patch 4, the Ti+
 pair only at depth 6, 4 epochs (~1 hour; the 1/300 rule would give 10, ~2.5 h); smoke uses the CIFAR-10

@@ -16,8 +16,8 @@ stays convolutional, ignores content, and DeiT-B catches up and overtakes it. Re
 Recorded decision (reference 9.2.9): "vanilla PSA with conv init" is PSA with the same local init of
 ``pos_proj`` (alpha = 1) and W_val = I as GPSA, no gate.
 
-Cost: paper ~420 V100-hours per ConViT-B run (3 runs; 1 new); reduced ~1 GPU-hour per run at 64 tokens; cpu
-(Ti widths, depth 6) ~15 min for the 3 runs; smoke seconds.
+Cost: paper ~450 V100-hours per B run (3 runs, ~1,360 in all; 1 new); reduced ~1 GPU-hour per run at 64
+tokens; cpu (Ti widths, depth 6) ~15 min for the 3 runs; smoke seconds.
 """
 
 from __future__ import annotations
