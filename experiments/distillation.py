@@ -32,7 +32,7 @@ checkpoint of timm's ``regnety_160`` architecture trained on that data, supplied
 ``DIR/regnety_160-<dataset>.pth`` (stated in the error when missing).
 
 Cost: paper ~1,670 V100-hours for the 6 runs (3 distilled) plus the teacher's forward
-(~16 GMAC per image, +~30%);reduced ~3 GPU-hours; cpu (Ti widths) ~20 min; smoke seconds.
+(~16 GMAC per image, +~30%); reduced ~3 GPU-hours; cpu (Ti widths) ~20 min; smoke seconds.
 """
 
 from __future__ import annotations
