@@ -26,6 +26,9 @@ Why it is built this way:
   Activation memory is what GPSA's materialised per-image positional attention costs, and it is exactly what
   the peak GPU memory target is about. It is measured on the eager module (also under ``--compile``, where
   inductor may save less).
+- ``--flush-denormal`` runs with subnormal floats flushed to zero (x86 CPUs process subnormals up to ~100x
+  slower). A diagnosis switch: a model whose speed changes with it has subnormals on its hot path (e.g. a
+  softmax of strongly negative logits, such as GPSA's local positional attention).
 - ``--compile`` wraps each model in ``torch.compile`` (compilation happens in the warm-up, not timed).
   :func:`graph_breaks` counts dynamo graph breaks for one block, for the "no graph breaks in the blocks"
   requirement.
@@ -350,6 +353,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--reference", default=None, help="comma-separated reference models (default: all but the first)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="torch.set_flush_denormal(True) for the run (diagnosis: subnormal floats are slow on x86 CPUs)",
+    )
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
@@ -366,10 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     try:
         return _main(args)
     finally:
         torch.set_num_threads(threads)
+        if args.flush_denormal:
+            torch.set_flush_denormal(False)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -382,6 +394,7 @@ def _main(args: argparse.Namespace) -> int:
         "rounds": args.rounds,
         "iters": args.iters,
         "threads": torch.get_num_threads(),
+        "flush_denormal": args.flush_denormal,
         "torch": torch.__version__,
     }
     print("convit.bench: " + ", ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
