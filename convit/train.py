@@ -484,6 +484,9 @@ def _env_info(ctx: DistContext) -> dict[str, Any]:
         "timm": timm.__version__,
         "numpy": np.__version__,
         "hostname": platform.node(),
+        # SLURM provenance (None outside SLURM): which job/array task wrote this run, for sacct look-ups.
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "world_size": ctx.world_size,
         "device": device_name,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -198,3 +198,28 @@ def test_scontrol_requeue_resumes_from_the_run_directory(
     assert _comparable(results[0]) == _comparable(results[1])
     assert _metrics(requeued) == _metrics(reference)
     assert "caught SIGTERM" in (submitted[0].stderr() or "")
+
+
+def test_launcher_runs_the_smoke_suite_through_slurm(tmp_path: Path, fixture_data_root: Path) -> None:
+    """What a user types: ``launch.py SUITE --cluster slurm --profile ...`` -> one job array -> CSV."""
+    import csv
+    import sys
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    cmd = [
+        sys.executable, str(REPO / "experiments" / "launch.py"), "sample_efficiency", "--scale", "smoke",
+        "--cluster", "slurm", "--profile", str(PROFILE), "--only", "*f0.5*",
+        "--data-root", str(fixture_data_root), "--workdir", str(runs), "--results", str(results),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with (results / "sample_efficiency" / "smoke.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["model"] for r in rows) == ["convit_tiny", "deit_tiny"]
+    assert all(r["status"] == "done" and float(r["fraction"]) == 0.5 and r["top1"] for r in rows)
+    # both runs went out as one array job: their run directories were written by tasks of the same array
+    env = [json.loads(p.read_text()) for p in runs.glob("sample_efficiency/smoke/*/env.json")]
+    assert len(env) == 2 and all(e["slurm_job_id"] for e in env)
+    assert env[0]["slurm_array"] is not None and env[0]["slurm_array"] == env[1]["slurm_array"]
