@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments import collect as _collect
+
 __all__ = [
     "CURVE_COLUMNS",
     "LOCALITY_COLUMNS",
@@ -55,36 +57,11 @@ SUITES: tuple[str, ...] = (
     "distillation",
 )
 
+# The results schema belongs to its writer (``experiments/collect.py``); the loader checks files against it.
 #: Columns every ``SCALE.csv`` must have (suite-specific tag columns may follow).
-RUN_COLUMNS: tuple[str, ...] = (
-    "suite",
-    "scale",
-    "run",
-    "model",
-    "variant",
-    "dataset",
-    "fraction",
-    "num_classes",
-    "img_size",
-    "seed",
-    "epochs",
-    "top1",
-    "top5",
-    "loss",
-    "params",
-    "wall_time_s",
-    "world_size",
-)
-CURVE_COLUMNS: tuple[str, ...] = ("run", "epoch", "train_loss", "lr", "val_top1", "val_top5", "val_loss")
-LOCALITY_COLUMNS: tuple[str, ...] = (
-    "run",
-    "epoch",
-    "layer",
-    "head",
-    "nonlocality",
-    "gate_sigma",
-    "centre_distance",
-)
+RUN_COLUMNS: tuple[str, ...] = tuple(_collect.RUN_COLUMNS)
+CURVE_COLUMNS: tuple[str, ...] = tuple(_collect.CURVE_COLUMNS)
+LOCALITY_COLUMNS: tuple[str, ...] = tuple(_collect.LOCALITY_COLUMNS)
 
 _NUMERIC_RUN = (
     "fraction",
