@@ -826,24 +826,33 @@ def bench(
 
     spec = DataSpec(name=name, img_size=img_size, fraction=fraction)
     train, _ = build_datasets(spec, RecipeSpec(), root)
+    threads = torch.get_num_threads()
     if workers == 0:
-        torch.set_num_threads(1)  # as inside a DataLoader worker
-    loader = torch.utils.data.DataLoader(
-        train, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=False
-    )
-    images, start, done, cpu0, warm_images = 0, 0.0, 0, cpu_seconds(), 0
-    iterator = iter(loader)
-    for i, (x, _y) in enumerate(iterator):
-        if i < 2:  # ignore worker start-up
-            warm_images += x.shape[0]
-            start = time.perf_counter()
-            continue
-        images += x.shape[0]
-        done += 1
-        if done >= max_batches or time.perf_counter() - start > seconds:
-            break
-    elapsed = time.perf_counter() - start
-    del iterator  # shuts the workers down so their CPU time is counted
+        torch.set_num_threads(1)  # as inside a DataLoader worker (restored below: no global side effect)
+    try:
+        loader = torch.utils.data.DataLoader(
+            train,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=False,
+        )
+        images, start, done, cpu0, warm_images = 0, 0.0, 0, cpu_seconds(), 0
+        iterator = iter(loader)
+        for i, (x, _y) in enumerate(iterator):
+            if i < 2:  # ignore worker start-up
+                warm_images += x.shape[0]
+                start = time.perf_counter()
+                continue
+            images += x.shape[0]
+            done += 1
+            if done >= max_batches or time.perf_counter() - start > seconds:
+                break
+        elapsed = time.perf_counter() - start
+        del iterator  # shuts the workers down so their CPU time is counted
+    finally:
+        torch.set_num_threads(threads)
     if not images:
         raise DataError(f"{name} has too few images for a benchmark at batch {batch}")
     rate = images / elapsed

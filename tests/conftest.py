@@ -32,3 +32,19 @@ def fixture_data_root(tmp_path_factory: pytest.TempPathFactory, archives_dir: Pa
     for name in ("cifar10-fixture", "tiny-imagenet-fixture"):
         data.prepare(name, root, archives=archives_dir)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_count_leak():
+    """Fail a test that leaves torch's intra-op thread count changed.
+
+    Later tests compare in-process runs bit for bit with runs in child processes, which holds only at equal
+    thread counts (a leaked ``set_num_threads(1)`` once made the resume tests fail depending on test order).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    torch.set_num_threads(before)
+    assert after == before, f"the test changed torch's thread count from {before} to {after}"

@@ -55,6 +55,12 @@ def _cli(spec_path: Path, workdir: Path, data_root: Path) -> list[str]:
     return [sys.executable, "-m", "convit.train", str(spec_path), str(workdir), "--data-root", str(data_root)]
 
 
+def _same_threads_env() -> dict[str, str]:
+    """Child env with this process's intra-op thread count: CPU results are bit-exact only for equal counts
+    (float reductions are split across threads), and in-process runs here use ``torch.get_num_threads()``."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, fixture_data_root) -> tuple[Path, dict, list[dict]]:
     """The uninterrupted run, in a child process with one DataLoader worker."""
@@ -62,7 +68,11 @@ def reference(tmp_path_factory, fixture_data_root) -> tuple[Path, dict, list[dic
     spec_path = root / "spec.json"
     spec_path.write_text(resume_spec(workers=1).to_json())
     proc = subprocess.run(
-        _cli(spec_path, root / "run", fixture_data_root), capture_output=True, text=True, timeout=600
+        _cli(spec_path, root / "run", fixture_data_root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_same_threads_env(),
     )
     assert proc.returncode == 0, proc.stderr
     result, lines = _outcome(root / "run")
@@ -78,7 +88,8 @@ def test_sigkill_then_relaunch_matches_the_uninterrupted_run(tmp_path, fixture_d
     workdir = tmp_path / "run"
     cmd = _cli(spec_path, workdir, fixture_data_root)
 
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = _same_threads_env()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300
     while not (workdir / checkpoint.CHECKPOINT).exists():
         assert child.poll() is None, "child finished before its first checkpoint"
@@ -90,7 +101,7 @@ def test_sigkill_then_relaunch_matches_the_uninterrupted_run(tmp_path, fixture_d
     assert child.returncode == -signal.SIGKILL
     assert not (workdir / "result.json").exists()
 
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "resumed from checkpoint" in proc.stdout
     result, lines = _outcome(workdir)
