@@ -943,7 +943,10 @@ def _cell(s: str) -> str:
 def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> str:
     """The Markdown report: a summary table, then one section per claim with its rule and caveats."""
     rdir = Path(results_dir) if results_dir is not None else load.default_results_dir()
-    counts = pd.Series([v.verdict for v in verdicts]).value_counts()
+    # Smoke-scale verdicts are plumbing checks: count them apart so the summary never reads as evidence.
+    counts = pd.Series([v.verdict for v in verdicts if v.scale != "smoke"]).value_counts()
+    smoke = sum(v.scale == "smoke" and v.verdict != NOT_RUN for v in verdicts)
+    counts[NOT_RUN] = sum(v.verdict == NOT_RUN for v in verdicts)
     lines = [
         "# Reproduction report: ConViT (d'Ascoli et al., ICML 2021)",
         "",
@@ -961,6 +964,7 @@ def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> st
         "",
         "Summary: "
         + ", ".join(f"{counts.get(k, 0)} {k}" for k in (REPRODUCED, NOT_REPRODUCED, NOT_RUN))
+        + (f"; {smoke} judged on smoke-scale runs only (plumbing, not evidence)" if smoke else "")
         + ".",
         "",
         "## Scales used",
