@@ -111,9 +111,22 @@ def _gaps_by_fraction(res: load.SuiteResults) -> pd.DataFrame:
     s = _family_means(res, ["fraction"])
     if s.empty:
         raise Missing("no ConViT/DeiT runs")
-    wide = s.pivot_table(index="fraction", columns="family", values=["mean", "n"])
+    out = _convit_vs_deit(
+        s, "fraction", "needs both ConViT and DeiT runs", "no fraction has both ConViT and DeiT runs"
+    )
+    out["gap_pct"] = (out["convit"] - out["deit"]) / out["deit"] * 100
+    return out.sort_index()
+
+
+def _convit_vs_deit(summary: pd.DataFrame, index: str, no_family: str, no_overlap: str) -> pd.DataFrame:
+    """Seed means side by side per ``index`` value: columns convit, deit, n (the smaller seed count).
+
+    Raises :class:`Missing` with ``no_family`` when a family is absent, ``no_overlap`` when no index value
+    has both.
+    """
+    wide = summary.pivot_table(index=index, columns="family", values=["mean", "n"])
     if ("mean", "convit") not in wide.columns or ("mean", "deit") not in wide.columns:
-        raise Missing("needs both ConViT and DeiT runs")
+        raise Missing(no_family)
     out = pd.DataFrame(
         {
             "convit": wide[("mean", "convit")],
@@ -122,9 +135,8 @@ def _gaps_by_fraction(res: load.SuiteResults) -> pd.DataFrame:
         }
     ).dropna()
     if out.empty:
-        raise Missing("no fraction has both ConViT and DeiT runs")
-    out["gap_pct"] = (out["convit"] - out["deit"]) / out["deit"] * 100
-    return out.sort_index()
+        raise Missing(no_overlap)
+    return out
 
 
 def _kendall_tau(x: list[float], y: list[float]) -> float:
@@ -159,18 +171,9 @@ def _pairs_by_size(res: load.SuiteResults, only_plus: bool = False) -> pd.DataFr
     s = load.seed_summary(runs, ["size", "family"])
     if s.empty:
         raise Missing("no ConViT/DeiT runs" + (" of the + family" if only_plus else ""))
-    wide = s.pivot_table(index="size", columns="family", values=["mean", "n"])
-    if ("mean", "convit") not in wide.columns or ("mean", "deit") not in wide.columns:
-        raise Missing("needs ConViT and DeiT of the same size")
-    out = pd.DataFrame(
-        {
-            "convit": wide[("mean", "convit")],
-            "deit": wide[("mean", "deit")],
-            "n": wide[[("n", "convit"), ("n", "deit")]].min(axis=1),
-        }
-    ).dropna()
-    if out.empty:
-        raise Missing("no size has both a ConViT and a DeiT run")
+    out = _convit_vs_deit(
+        s, "size", "needs ConViT and DeiT of the same size", "no size has both a ConViT and a DeiT run"
+    )
     params = runs.groupby("size")["params"].max()
     out["params"] = params.reindex(out.index)
     out["gain_pct"] = (out["convit"] - out["deit"]) / out["deit"] * 100

@@ -48,3 +48,18 @@ def _no_thread_count_leak():
     after = torch.get_num_threads()
     torch.set_num_threads(before)
     assert after == before, f"the test changed torch's thread count from {before} to {after}"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Small-model tests run faster single-threaded on a shared 2-core machine, where OpenMP spinning makes
+    two threads 10-20x slower; the count is restored after the module.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

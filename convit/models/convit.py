@@ -386,10 +386,25 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def check_geometry(
-    *, img_size: int, patch_size: int, num_heads: int, head_dim: int | None, embed_dim: int | None, depth: int
+def check_common(
+    *,
+    img_size: int,
+    patch_size: int,
+    num_heads: int,
+    head_dim: int | None,
+    embed_dim: int | None,
+    depth: int,
+    num_classes: int,
+    global_pool: str,
+    mlp_ratio: float,
 ) -> int:
-    """Validate the shared shape options and return the total width D (raises :class:`ModelError`)."""
+    """Validate the options ConViT and DeiT share; return the total width D (raises :class:`ModelError`)."""
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ModelError(f"num_classes must be a non-negative int, got {num_classes!r}")
+    if global_pool not in ("token", "avg"):
+        raise ModelError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+    if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+        raise ModelError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
     for key, value in (("img_size", img_size), ("patch_size", patch_size), ("num_heads", num_heads)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ModelError(f"{key} must be a positive int, got {value!r}")
@@ -581,22 +596,21 @@ class ConViT(ZooModel):
         super().__init__()
         if head_dim is None and embed_dim is None:
             head_dim = 48
-        dim = check_geometry(
+        dim = check_common(
             img_size=img_size,
             patch_size=patch_size,
             num_heads=num_heads,
             head_dim=head_dim,
             embed_dim=embed_dim,
             depth=depth,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            mlp_ratio=mlp_ratio,
         )
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ModelError(f"num_classes must be a non-negative int, got {num_classes!r}")
         if not isinstance(local_up_to_layer, int) or not 0 <= local_up_to_layer <= depth:
             raise ModelError(
                 f"local_up_to_layer must be an int in [0, depth={depth}], got {local_up_to_layer!r}"
             )
-        if global_pool not in ("token", "avg"):
-            raise ModelError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if local_up_to_layer == depth and global_pool == "token":
             raise ModelError(
                 "with every block local the class token never joins the sequence; use global_pool='avg' "
@@ -615,8 +629,6 @@ class ConViT(ZooModel):
             )
         if isinstance(gating_init, bool) or not isinstance(gating_init, (int, float)):
             raise ModelError(f"gating_init must be a number, got {gating_init!r}")
-        if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ModelError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
         drop_rate = check_rate("drop_rate", drop_rate)
         attn_drop_rate = check_rate("attn_drop_rate", attn_drop_rate)
         drop_path_rate = check_rate("drop_path_rate", drop_path_rate)

@@ -19,10 +19,9 @@ from .convit import (
     LN_EPS,
     MHSA,
     Block,
-    ModelError,
     ZooModel,
     _init_weights,
-    check_geometry,
+    check_common,
     check_rate,
 )
 
@@ -69,20 +68,17 @@ class DeiT(ZooModel):
         super().__init__()
         if head_dim is None and embed_dim is None:
             head_dim = 64
-        dim = check_geometry(
+        dim = check_common(
             img_size=img_size,
             patch_size=patch_size,
             num_heads=num_heads,
             head_dim=head_dim,
             embed_dim=embed_dim,
             depth=depth,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            mlp_ratio=mlp_ratio,
         )
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ModelError(f"num_classes must be a non-negative int, got {num_classes!r}")
-        if global_pool not in ("token", "avg"):
-            raise ModelError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ModelError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
         drop_rate = check_rate("drop_rate", drop_rate)
         attn_drop_rate = check_rate("attn_drop_rate", attn_drop_rate)
         drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
