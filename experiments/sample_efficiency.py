@@ -28,8 +28,9 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
 * reduced (Tiny-ImageNet, 64 px, patch 8, 100 x 1/f epochs, batch 256, one GPU): ~3 GPU-hours in total on
   an A100/H100-class GPU (10 runs, ~10^7 training images each at ~9-11 GFLOP). 100 epochs because
   Tiny-ImageNet has 100k images: the f = 0.05 run then has 5k images for 2000 epochs, the same image budget.
-* cpu (CIFAR-10, 32 px, patch 4, ConViT-Ti vs DeiT-Ti widths at depth 6, 1 x 1/f epochs, batch 64): ~1 hour
-  on 2 cores (ConViT-Ti stands for ConViT-S: 9-head models are 4x slower on a CPU). The README's main job.
+* cpu (CIFAR-10, 32 px, patch 4, ConViT-Ti vs DeiT-Ti head counts at half the per-head width, 96 wide,
+  depth 6, 2 x 1/f epochs, batch 64, 1.4k-1.6k steps per run): ~50 min on 2 cores with ``--parallel 2``
+  (ConViT-Ti stands for ConViT-S: 9-head models cost ~2x more per image on a CPU). The README's main job.
 * smoke: seconds per run.
 """
 

@@ -20,7 +20,7 @@ from convit.data import dataset_info
 from convit.spec import RunSpec
 from experiments import SUITES, load_suite
 from experiments.collect import CURVE_COLUMNS, LOCALITY_COLUMNS, RUN_COLUMNS
-from experiments.common import SCALES, estimate_hours, get_scale, is_eval, run_name
+from experiments.common import SCALES, estimate_hours, get_scale, is_eval, run_name, train_images
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, str(REPO / "experiments" / "launch.py")]
@@ -95,6 +95,22 @@ def test_sample_efficiency_epochs_scale_with_one_over_f(scale: str) -> None:
             6000,
         ]
         assert {s.model.name for s in specs} == {"deit_small", "convit_small"}
+
+
+def test_cpu_scale_keeps_head_counts_at_half_width_and_equal_steps() -> None:
+    """The cpu miniature: the paper's heads at half the per-head width, about the same steps for every f."""
+    specs = load_suite("sample_efficiency").specs("cpu")
+    for spec in specs:
+        model = models.create(spec.model.name, num_classes=10, img_size=32, **spec.model.kwargs)
+        heads = {"convit_tiny": 4, "deit_tiny": 3}[spec.model.name]
+        assert (model.num_heads, model.embed_dim) == (heads, 96), spec.model.name
+        assert spec.model.kwargs["depth"] == 6
+    steps = [s.recipe.epochs * (train_images(s) // s.recipe.batch_size) for s in specs]
+    assert max(steps) <= 1.15 * min(steps) and min(steps) > 1400, steps  # 1.4-1.6k steps per run, whatever f
+    plus = {s.model.name: s for s in load_suite("ablations").specs("cpu")}
+    for name in ("convit_tiny_plus", "deit_tiny_plus"):
+        model = models.create(name, num_classes=10, img_size=32, **plus[name].model.kwargs)
+        assert (model.num_heads, model.embed_dim) == (4, 128), name
 
 
 def test_paper_scale_recipes() -> None:
