@@ -13,7 +13,9 @@ import pytest
 import submitit
 
 from convit import jobs
-from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
+from convit.spec import RunSpec
+
+from tiny import tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "slurm" / "profiles"
@@ -28,15 +30,8 @@ timeout_min: null
 
 
 def smoke_spec(epochs: int = 1) -> RunSpec:
-    """Seconds on a CPU: a 2-block ConViT-Ti on 2 classes of the CIFAR-10 fixture (40 images) at 32 px."""
-    return RunSpec(
-        model=ModelSpec("convit_tiny", {"depth": 2, "patch_size": 8, "local_up_to_layer": 1}),
-        data=DataSpec("cifar10-fixture", img_size=32, num_classes=2),
-        recipe=RecipeSpec(epochs=epochs, warmup_epochs=1.0, batch_size=16, repeated_aug=False, amp="none"),
-        resources=ResourceSpec(workers=0, timeout_min=5),
-        probes=ProbeSpec(every=1000),
-        tags={"suite": "test_jobs"},
-    )
+    """Seconds on a CPU: the shared tiny run on 2 classes of the CIFAR-10 fixture (40 images)."""
+    return tiny_spec(classes=2, suite="test_jobs", epochs=epochs)
 
 
 def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from convit import jobs
-from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
+from convit.spec import RunSpec
+
+from tiny import tiny_spec
 
 pytestmark = pytest.mark.slurm
 
@@ -56,17 +58,8 @@ def profile() -> jobs.Profile:
 
 
 def smoke_spec(epochs: int = 2, seed: int = 0, eval_every: int = 1) -> RunSpec:
-    """A run of a few seconds: 2-block ConViT-Ti on 4 classes of the CIFAR-10 fixture (80 images) at 32 px."""
-    return RunSpec(
-        model=ModelSpec("convit_tiny", {"depth": 2, "patch_size": 8, "local_up_to_layer": 1}),
-        data=DataSpec("cifar10-fixture", img_size=32, num_classes=4),
-        recipe=RecipeSpec(epochs=epochs, warmup_epochs=1.0, batch_size=16, repeated_aug=False, amp="none"),
-        resources=ResourceSpec(workers=0, timeout_min=5),
-        probes=ProbeSpec(every=1000),
-        seed=seed,
-        eval_every=eval_every,
-        tags={"suite": "test_slurm"},
-    )
+    """A run of a few seconds: the shared tiny run on 4 classes of the CIFAR-10 fixture (80 images)."""
+    return tiny_spec(classes=4, suite="test_slurm", epochs=epochs, seed=seed, eval_every=eval_every)
 
 
 def _sacct_states(job_id: str) -> list[str]:

@@ -1,0 +1,24 @@
+"""The tiny training spec the job and SLURM tests share (a helper module, not a test file).
+
+Seconds on a CPU: a 2-block ConViT-Ti (1 GPSA + 1 MHSA, patch 8) on the first ``classes`` classes of the
+CIFAR-10 fixture (20 images each) at 32 px, without repeated augmentation or loader workers, so a run's cost
+is dominated by process start-up, which is what the scheduler tests exercise.
+"""
+
+from __future__ import annotations
+
+from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
+
+
+def tiny_spec(*, classes: int, suite: str, epochs: int = 1, seed: int = 0, eval_every: int = 1) -> RunSpec:
+    """A few-second run; ``suite`` tags it with the test module that owns it."""
+    return RunSpec(
+        model=ModelSpec("convit_tiny", {"depth": 2, "patch_size": 8, "local_up_to_layer": 1}),
+        data=DataSpec("cifar10-fixture", img_size=32, num_classes=classes),
+        recipe=RecipeSpec(epochs=epochs, warmup_epochs=1.0, batch_size=16, repeated_aug=False, amp="none"),
+        resources=ResourceSpec(workers=0, timeout_min=5),
+        probes=ProbeSpec(every=1000),
+        seed=seed,
+        eval_every=eval_every,
+        tags={"suite": suite},
+    )
