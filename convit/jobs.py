@@ -214,20 +214,33 @@ def _job_environment() -> submitit.JobEnvironment | None:
 
 
 class TrainJob:
-    """A picklable, submitit-compatible training run: ``TrainJob(spec, workdir, data_root)()``.
+    """A picklable, submitit-compatible training run: ``TrainJob(spec, workdir, data_root, teacher)()``.
 
     It holds only its constructor arguments and never changes them, so what submitit pickles, requeues and
     pickles again is always the run the user asked for (the original code rescaled lr in place on each
-    requeue). Resuming is ``run()``'s job: it finds the latest checkpoint in ``workdir``.
+    requeue). Resuming is ``run()``'s job: it finds the latest checkpoint in ``workdir``. ``teacher`` is the
+    distillation teacher's checkpoint file (distilled specs only): a path on the machine, like ``data_root``,
+    so it travels with the job rather than in the spec.
     """
 
-    def __init__(self, spec: RunSpec, workdir: str | Path, data_root: str | Path | None = None) -> None:
+    #: class-level default: a job pickled before ``teacher`` existed unpickles as an undistilled job
+    teacher: Path | None = None
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        workdir: str | Path,
+        data_root: str | Path | None = None,
+        teacher: str | Path | None = None,
+    ) -> None:
         self.spec = spec
         self.workdir = Path(workdir)
         self.data_root = None if data_root is None else Path(data_root)
+        self.teacher = None if teacher is None else Path(teacher)
 
     def __repr__(self) -> str:
-        return f"TrainJob(workdir={str(self.workdir)!r}, spec={self.spec.digest()})"
+        extra = "" if self.teacher is None else f", teacher={str(self.teacher)!r}"
+        return f"TrainJob(workdir={str(self.workdir)!r}, spec={self.spec.digest()}{extra})"
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -235,10 +248,11 @@ class TrainJob:
             and other.spec == self.spec  # type: ignore[attr-defined]
             and other.workdir == self.workdir  # type: ignore[attr-defined]
             and other.data_root == self.data_root  # type: ignore[attr-defined]
+            and other.teacher == self.teacher  # type: ignore[attr-defined]
         )
 
     def __hash__(self) -> int:
-        return hash((self.spec.to_json(), str(self.workdir), str(self.data_root)))
+        return hash((self.spec.to_json(), str(self.workdir), str(self.data_root), str(self.teacher)))
 
     # Subclasses (tests) may swap the engine; the real one is imported lazily so that submitting does not
     # need torch in the submitting process's hot path.
@@ -256,12 +270,15 @@ class TrainJob:
         run, preempted = self._engine()
         flag = _StopFlag(submitit.JobEnvironment._usr_sig())
         installed = flag.install()
+        # teacher= only when there is one: engines that predate distillation (and test doubles) keep working
+        extra = {} if self.teacher is None else {"teacher": self.teacher}
         try:
             return run(
                 self.spec,
                 self.workdir,
                 data_root=self.data_root,
                 should_stop=flag if installed else None,
+                **extra,
             )
         except preempted:
             # The state is saved at a step boundary on every rank; now let SLURM/submitit do the rest.
@@ -289,7 +306,9 @@ class TrainJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on preemption or time-out: an identical fresh job; run() resumes by itself."""
-        return submitit.helpers.DelayedSubmission(type(self)(self.spec, self.workdir, self.data_root))
+        return submitit.helpers.DelayedSubmission(
+            type(self)(self.spec, self.workdir, self.data_root, self.teacher)
+        )
 
 
 # ------------------------------------------------------------------------------------------------ submission

@@ -19,6 +19,15 @@ Faithful-vs-original choices (each selectable where a paper number could depend 
 - Evaluation shards the validation set ``rank::world_size`` and sums counts across ranks, so every image is
   counted exactly once whatever the world size (no padding duplicates, DeiT issue #24).
 - EMA (timm ``ModelEmaV3``, constant decay like DeiT's ``ModelEma``) is off by default, as in ConViT.
+- Hard distillation (Table 4; the official ConViT code has none, the paper used DeiT's): a spec tagged
+  ``distillation="hard"`` trains the plain student (no distillation token) on
+  ``0.5 * criterion(student, targets) + 0.5 * cross_entropy(student, teacher.argmax(-1))``
+  (:func:`hard_distillation_loss`). The teacher is timm's ``tags["teacher_model"]`` with the dataset's class
+  count, loaded from the file passed as ``run(..., teacher=PATH)``: a runtime input like ``data_root``, not
+  part of the spec, so moving the file changes no digest. It is frozen (eval mode, no gradients), runs under
+  the student's autocast on the student's augmented (mixed) batch, is never saved into the student's
+  checkpoint and is reloaded from the file on resume. Undistilled runs take exactly the code path they took
+  before distillation existed.
 
 Determinism: every random draw is a function of (seed, rank, epoch, step) or (seed, epoch, sample position):
 per-sample augmentation is seeded inside a dataset wrapper from the sample's *global* position in the epoch
@@ -57,12 +66,14 @@ from convit.distributed import DistContext
 from convit.spec import RunSpec, SpecError
 
 __all__ = [
+    "SUPPORTS_DISTILLATION",
     "NonFiniteLoss",
     "Preempted",
     "SpecMismatch",
     "TrainError",
     "build_optimizer",
     "build_scheduler",
+    "hard_distillation_loss",
     "main",
     "run",
     "weight_decay_names",
@@ -71,6 +82,8 @@ __all__ = [
 #: Repeats per image in repeated augmentation (DeiT/ConViT RASampler).
 RA_REPEATS = 3
 CHECKPOINT_FORMAT = 1
+#: The engine trains ``tags["distillation"] == "hard"`` specs (the launcher checks this before submitting).
+SUPPORTS_DISTILLATION = True
 
 
 class TrainError(RuntimeError):
@@ -127,6 +140,15 @@ def _seed_everything(seed: int) -> None:
 _SAMPLE_DOMAIN = 1
 _STEP_DOMAIN = 2
 _PROBE_DOMAIN = 3
+
+
+def _sha256(path: Path) -> str:
+    """The file's SHA-256, recorded in env.json: a teacher file name alone does not say which weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -242,6 +264,25 @@ def _set_lr(scheduler: Any, recipe: Any, epoch: int, global_step: int) -> None:
         scheduler.update_groups(recipe.warmup_lr if scheduler.warmup_t else scheduler.base_values)
     else:
         scheduler.step(epoch - 1)  # the original one-epoch lag
+
+
+def hard_distillation_loss(
+    base_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor,
+) -> torch.Tensor:
+    """DeiT's hard distillation: half the run's usual loss, half cross-entropy on the teacher's argmax.
+
+    ``base_criterion`` is the engine's criterion unchanged (soft-target CE on mixup/cutmix targets with label
+    smoothing, or plain / smoothed CE), so distillation adds a term without altering the recipe's own loss.
+    The teacher term takes the teacher's decision on the same (mixed) image as one hard label with no
+    smoothing: that is what makes it *hard* distillation, and why a teacher can supply a label where mixup
+    made the ground truth ambiguous.
+    """
+    teacher_labels = teacher_logits.argmax(dim=-1)
+    distill = nn.functional.cross_entropy(student_logits, teacher_labels)
+    return 0.5 * base_criterion(student_logits, targets) + 0.5 * distill
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,6 +559,40 @@ def _check_workdir(spec: RunSpec, workdir: Path) -> dict[str, Any] | None:
     return None
 
 
+def _check_distillation(spec: RunSpec, teacher: str | Path | None) -> Path | None:
+    """The teacher file a distilled spec needs (None for an undistilled one), checked before any work.
+
+    A missing file is a user mistake found in milliseconds here, instead of after the datasets are built.
+    """
+    kind = spec.tags.get("distillation")
+    if not kind:
+        if teacher is not None:
+            raise TrainError(
+                f"a teacher ({teacher}) was given but the spec asks for no distillation "
+                "(tags.distillation is unset): drop the teacher or use a distilled spec"
+            )
+        return None
+    if kind != "hard":
+        raise TrainError(f"tags.distillation={kind!r} is not supported; the engine does 'hard' distillation")
+    model = spec.tags.get("teacher_model")
+    if not model:
+        raise TrainError("a distilled spec needs tags.teacher_model (the teacher's timm architecture name)")
+    wanted = str(spec.tags.get("teacher", "a teacher checkpoint")).removeprefix("file:")
+    if teacher is None:
+        raise TrainError(
+            f"the spec distils from {wanted} ({model}) but no teacher file was given: pass its path "
+            "(run(..., teacher=PATH), python -m convit.train ... --teacher PATH, "
+            "or launch.py --checkpoints DIR)"
+        )
+    path = Path(teacher)
+    if not path.is_file():
+        raise TrainError(
+            f"distillation teacher {path} not found: put the {model} checkpoint ({wanted}) there "
+            "or give the right path (launch.py: --checkpoints DIR)"
+        )
+    return path
+
+
 # --------------------------------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------------------------------
@@ -528,8 +603,12 @@ def run(
     data_root: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` in ``workdir`` (resuming whatever is there) and return the ``result.json`` content.
+
+    ``teacher`` is the checkpoint file of the distillation teacher, required by (and only allowed for) specs
+    tagged ``distillation="hard"``; like ``data_root`` it is a machine fact, not part of the run's identity.
 
     Raises :class:`Preempted` after saving a checkpoint when ``should_stop()`` turns true,
     :class:`NonFiniteLoss` on a NaN/inf loss, :class:`SpecMismatch` when ``workdir`` belongs to another spec.
@@ -540,9 +619,10 @@ def run(
     done = _check_workdir(spec, workdir)
     if done is not None:
         return done
+    teacher_path = _check_distillation(spec, teacher)
     ctx = distributed.setup(device)
     try:
-        return _Engine(spec, workdir, ctx, data_root, should_stop).fit()
+        return _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path).fit()
     finally:
         distributed.teardown(ctx)
 
@@ -557,11 +637,13 @@ class _Engine:
         ctx: DistContext,
         data_root: str | Path | None,
         should_stop: Callable[[], bool] | None,
+        teacher_path: Path | None = None,
     ):
         self.spec = spec
         self.workdir = workdir
         self.ctx = ctx
         self.data_root = data_root
+        self.teacher_path = teacher_path
         self.should_stop = should_stop or (lambda: False)
         self.say = _Printer(ctx.is_main)
         self.recipe = spec.recipe
@@ -648,6 +730,59 @@ class _Engine:
         self.probe_images = None
         if ctx.is_main and spec.probes.every > 0:
             self.probe_images = _probe_batch(self.val_ds, spec)
+        self.teacher = self._build_teacher() if self.teacher_path is not None else None
+
+    def _build_teacher(self) -> nn.Module:
+        """The frozen teacher from ``self.teacher_path``; every user mistake is one :class:`TrainError`.
+
+        Built last and under a forked RNG: its random init (overwritten by the file) must not shift anything
+        the student's run draws. The classifier size is checked before the strict load so a teacher trained
+        on another dataset is named as such, not as a key-by-key shape mismatch.
+        """
+        import timm
+
+        from convit.models import ModelError
+        from convit.models.weights import load_state_checked, read_state_dict
+
+        path, name = self.teacher_path, str(self.spec.tags["teacher_model"])
+        assert path is not None
+        dataset = self.spec.data.name
+        try:
+            state = read_state_dict(path)
+        except ModelError as exc:
+            # torch's unpickling errors run over many lines: name the file, the cause and the fix in one
+            why = f"torch.load failed: {type(exc.__cause__).__name__}" if exc.__cause__ else str(exc)
+            raise TrainError(
+                f"cannot use the distillation teacher {path} ({why.splitlines()[0]}): it must be a timm "
+                f"{name} state dict, e.g. torch.save(model.state_dict(), path)"
+            ) from None
+        with torch.random.fork_rng(devices=[]):
+            try:
+                teacher = timm.create_model(name, num_classes=self.num_classes, pretrained=False)
+            except RuntimeError as exc:  # timm: "Unknown model (...)"
+                raise TrainError(f"tags.teacher_model {name!r} is not a timm model ({exc})") from None
+        head = teacher.get_classifier() if hasattr(teacher, "get_classifier") else None
+        head_key = next((f"{n}.weight" for n, m in teacher.named_modules() if m is head and n), None)
+        if head_key is not None and head_key in state and state[head_key].shape[0] != self.num_classes:
+            raise TrainError(
+                f"teacher {path} has a {state[head_key].shape[0]}-way classifier ({head_key}) but {dataset} "
+                f"has {self.num_classes} classes: give a {name} trained on {dataset}"
+            )
+        try:
+            load_state_checked(teacher, state, path)
+        except ModelError as exc:
+            raise TrainError(f"{exc} (the teacher file must hold a timm {name} state dict)") from None
+        teacher.to(self.ctx.device).eval().requires_grad_(False)
+        return teacher
+
+    def _distilled_loss(
+        self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """The hard-distillation loss of one micro-batch; the teacher sees exactly the student's input."""
+        assert self.teacher is not None
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        return hard_distillation_loss(self.criterion, output, targets, teacher_logits)
 
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -756,6 +891,12 @@ class _Engine:
         if ctx.is_main:
             env = _env_info(ctx)
             env["resumed_at_epoch"] = start_epoch if (start_epoch or start_step) else None
+            if self.teacher_path is not None:
+                env["teacher"] = {
+                    "file": str(self.teacher_path.resolve()),
+                    "sha256": _sha256(self.teacher_path),
+                    "model": self.spec.tags["teacher_model"],
+                }
             _write_json_atomic(self.workdir / "env.json", env)
             # the checkpoint's history is the truth: drop lines of epochs it does not cover, restore
             # missing ones
@@ -810,7 +951,10 @@ class _Engine:
                 with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[operator]
                     with self._autocast():
                         output = self.ddp(images)
-                        loss = self.criterion(output, targets)
+                        if self.teacher is None:
+                            loss = self.criterion(output, targets)
+                        else:
+                            loss = self._distilled_loss(output, images, targets)
                     self.scaler.scale(loss / plan.accum).backward()
                 step_loss += loss.detach().double()
             if recipe.clip_grad is not None:
@@ -939,6 +1083,8 @@ class _Engine:
         if "ema_val_top1" in final:
             result["ema_top1"] = final["ema_val_top1"]
             result["ema_top5"] = final["ema_val_top5"]
+        if self.teacher_path is not None:
+            result["teacher"] = self.teacher_path.name
         return result
 
 
@@ -956,7 +1102,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m convit.train SPEC.json WORKDIR [--data-root R] [--device D]``.
+    """``python -m convit.train SPEC.json WORKDIR [--data-root R] [--device D] [--teacher FILE]``.
 
     SIGTERM/SIGUSR2 request a stop: the run saves a mid-epoch checkpoint and exits with status 3, and the same
     command resumes it.
@@ -966,6 +1112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("workdir", type=Path, help="the run directory (created; resumed when it exists)")
     parser.add_argument("--data-root", default=None, help="data root (default: CONVIT_DATA_ROOT)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint file (distilled specs only)")
     args = parser.parse_args(argv)
 
     stop = {"flag": False}
@@ -979,7 +1126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = RunSpec.from_json(args.spec.read_text())
         result = run(
-            spec, args.workdir, data_root=args.data_root, should_stop=lambda: stop["flag"], device=args.device
+            spec,
+            args.workdir,
+            data_root=args.data_root,
+            should_stop=lambda: stop["flag"],
+            device=args.device,
+            teacher=args.teacher,
         )
     except Preempted as exc:
         print(f"convit.train: {exc}", file=sys.stderr)

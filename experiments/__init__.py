@@ -21,7 +21,7 @@ SUITES = {
     "masking": "Tables 5, 6: test-time masking of positional embedding / content / position",
     "psa": "Fig. 9: vanilla PSA + conv init vs DeiT-B",
     "cifar100": "Fig. 11a: ConViT vs DeiT Ti+/S+/B+ on CIFAR-100",
-    "distillation": "Table 4, Fig. 10: hard distillation from RegNetY-16GF (engine support pending)",
+    "distillation": "Table 4, Fig. 10: hard distillation from RegNetY-16GF",
 }
 
 

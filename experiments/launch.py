@@ -198,15 +198,17 @@ def _describe(spec: RunSpec, flops: float) -> str:
         what = f"{spec.recipe.epochs} ep, batch {spec.recipe.batch_size}, peak lr {spec.recipe.peak_lr():.3g}"
         shape = f"{spec.resources.nodes}x{spec.resources.gpus_per_node}"
     note = ""
-    if spec.tags.get("distillation"):
-        note = "  [distillation: engine support pending]"
+    if _is_distilled(spec):
+        note = f"  [distilled from {_teacher_ref(spec)}]"
     return (
         f"{run_name(spec):44s} {spec.model.name:18s} {data:34s} {what:42s} {shape:>5s} "
         f"{estimate_hours(spec, flops):10.2f} h{note}"
     )
 
 
-def _print_plan(suite: str, scale: str, specs: Sequence[RunSpec], workdir: str) -> None:
+def _print_plan(
+    suite: str, scale: str, specs: Sequence[RunSpec], workdir: str, checkpoints: str | None = None
+) -> None:
     sc = get_scale(scale)
     print(f"# {suite} at scale {scale}: {len(specs)} run(s); estimated device-hours on {sc.device}")
     print(f"# {'run':42s} {'model':18s} {'data':34s} {'what':42s} {'nodes x GPUs':>5s} {'est':>10s}")
@@ -221,8 +223,14 @@ def _print_plan(suite: str, scale: str, specs: Sequence[RunSpec], workdir: str) 
         print(_describe(spec, sc.flops_per_s) + state)
         total += estimate_hours(spec, sc.flops_per_s)
     print(f"total: {len(specs)} run(s), {total:.2f} estimated device-hours on {sc.device}")
-    if any(s.tags.get("distillation") for s in specs):
-        print("note: distilled runs need engine support for distillation (pending in convit.train)")
+    teachers = sorted({_teacher_ref(s) for s in specs if _is_distilled(s)})
+    for name in teachers:
+        if checkpoints:
+            path = Path(checkpoints) / name
+            where = f"{path} ({'found' if path.is_file() else 'missing'})"
+        else:
+            where = f"{name} (no --checkpoints given)"
+        print(f"note: distilled runs read their teacher from --checkpoints DIR: {where}")
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -233,7 +241,7 @@ def _validate(specs: Sequence[RunSpec], args: argparse.Namespace) -> Path | None
     for spec in specs:
         if spec.model.name not in known:
             raise UsageError(f"unknown model {spec.model.name!r}; valid names: {', '.join(models.names())}")
-    if any(s.tags.get("distillation") for s in specs if not is_eval(s)):
+    if any(_is_distilled(s) for s in specs):
         from convit import train
 
         if not getattr(train, "SUPPORTS_DISTILLATION", False):
@@ -265,6 +273,9 @@ def _validate(specs: Sequence[RunSpec], args: argparse.Namespace) -> Path | None
                 f"{run_name(spec)} evaluates {ref[5:]}: pass --checkpoints DIR (or set CONVIT_CHECKPOINTS) "
                 f"with that file in it"
             )
+    for spec in specs:
+        if _is_distilled(spec) and not (run_dir(args.workdir, spec) / "result.json").is_file():
+            _teacher_path(spec, args)  # a finished run needs no teacher
     return root
 
 
@@ -273,6 +284,38 @@ def _checkpoint_file(ref: str, args: argparse.Namespace) -> Path | None:
         return None
     path = Path(args.checkpoints) / ref[len("file:") :]
     return path if path.is_file() else None
+
+
+def _is_distilled(spec: RunSpec) -> bool:
+    return bool(spec.tags.get("distillation")) and not is_eval(spec)
+
+
+def _teacher_ref(spec: RunSpec) -> str:
+    """The teacher's file name (``tags["teacher"]`` without its ``file:`` prefix)."""
+    return str(spec.tags.get("teacher", "")).removeprefix("file:")
+
+
+def _teacher_path(spec: RunSpec, args: argparse.Namespace) -> Path:
+    """The teacher file of a distilled run, resolved against ``--checkpoints`` like eval-only entries'
+    ``file:`` checkpoints; a missing folder or file is one line saying what is expected where."""
+    ref = str(spec.tags.get("teacher", ""))
+    if not ref.startswith("file:") or not ref[5:]:
+        raise UsageError(f"{run_name(spec)}: tags.teacher must be 'file:<name>', got {ref!r}")
+    name, model = ref[5:], spec.tags.get("teacher_model", "teacher")
+    found = _checkpoint_file(ref, args)
+    if found is not None:
+        return found
+    if not args.checkpoints:
+        raise UsageError(
+            f"{run_name(spec)} distils from the teacher file {name} ({model}): pass --checkpoints DIR "
+            f"(or set CONVIT_CHECKPOINTS) with {name} in it"
+        )
+    folder = Path(args.checkpoints)
+    missing = "which does not exist" if folder.is_dir() else f"but there is no folder {folder}"
+    raise UsageError(
+        f"{run_name(spec)} distils from {folder / name}, {missing}: put the {model} checkpoint there "
+        f"or pass --checkpoints DIR with {name} in it"
+    )
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -398,7 +441,7 @@ def _launch(args: argparse.Namespace) -> int:
                 specs.insert(0, source)
 
     if args.dry_run:
-        _print_plan(args.suite, args.scale, specs, args.workdir)
+        _print_plan(args.suite, args.scale, specs, args.workdir, args.checkpoints)
         return 0
 
     profile = None
@@ -430,7 +473,8 @@ def _launch(args: argparse.Namespace) -> int:
         if is_eval(spec):
             evals.append(spec)
         else:
-            trains.append((spec, d, TrainJob(spec, d, data_root)))
+            teacher = _teacher_path(spec, args) if _is_distilled(spec) else None
+            trains.append((spec, d, TrainJob(spec, d, data_root, teacher)))
     print(
         f"{args.suite} at scale {args.scale}: {len(specs)} run(s), {skipped} already done, "
         f"{len(trains)} to train, {len(evals)} to evaluate ({args.cluster})",

@@ -183,7 +183,7 @@ def test_dry_run_seeds_only_and_distillation_note(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "total: 28 run(s)" in proc.stdout
     proc = _cli("distillation", "--scale", "paper", "--dry-run")
-    assert proc.returncode == 0 and "pending" in proc.stdout
+    assert proc.returncode == 0 and "[distilled from regnety_160.pth]" in proc.stdout
 
 
 def test_list_and_help() -> None:

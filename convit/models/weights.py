@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .convit import ModelError
 
-__all__ = ["load_weights", "read_state_dict"]
+__all__ = ["load_state_checked", "load_weights", "read_state_dict"]
 
 #: wrapper keys tried in this order when ``key`` is not given.
 WRAPPER_KEYS = ("model", "state_dict", "model_ema")
@@ -81,7 +81,15 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str | None = None) 
     Raises :class:`ModelError` naming the missing keys, unexpected keys and shape mismatches, so a wrong
     variant (e.g. a ConViT-S file into ConViT-Ti) is diagnosed at once rather than as a torch traceback.
     """
-    state = read_state_dict(path, key=key)
+    return load_state_checked(model, read_state_dict(path, key=key), path)
+
+
+def load_state_checked(model: nn.Module, state: Mapping[str, Tensor], source: str | Path) -> nn.Module:
+    """Load an already read ``state`` into ``model`` strictly, with :func:`load_weights`' diagnostics.
+
+    Split from :func:`load_weights` so a caller that has to inspect the file first (the training engine
+    checks a distillation teacher's classifier size) reads a large file once; ``source`` names it in errors.
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -97,6 +105,6 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str | None = None) 
             if items:
                 shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
                 parts.append(f"{label}: {shown}")
-        raise ModelError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+        raise ModelError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(dict(state), strict=True)
     return model
