@@ -105,6 +105,7 @@ __all__ = [
     "model_dims",
     "run_name",
     "select",
+    "teacher_macs",
     "train_images",
     "with_seeds",
 ]
@@ -475,5 +476,21 @@ def estimate_hours(spec: RunSpec, flops_per_s: float) -> float:
         return fwd * n_val / flops_per_s / 3600
     epochs = spec.recipe.epochs
     evals = epochs // spec.eval_every + 1 if spec.eval_every > 0 else 1
-    total = 3 * fwd * train_images(spec) * epochs + fwd * n_val * evals
+    per_image = 3 * fwd + 2 * teacher_macs(spec)  # a distillation teacher adds one frozen forward per image
+    total = per_image * train_images(spec) * epochs + fwd * n_val * evals
     return total / flops_per_s / 3600
+
+
+#: forward MACs at 224 px of the timm teachers the specs name (RegNetY-16GF / -200MF: Radosavovic et al. 2020)
+TEACHER_MACS_224 = {"regnety_160": 15.9e9, "regnety_002": 0.2e9}
+
+
+def teacher_macs(spec: RunSpec) -> float:
+    """Forward MACs of a run's distillation teacher per image (0 without one), scaled from 224 px by pixels.
+
+    An unknown teacher architecture counts as RegNetY-16GF (the paper's teacher): an estimate errs high.
+    """
+    model = spec.tags.get("teacher_model")
+    if not spec.tags.get("teacher") or not model:
+        return 0.0
+    return TEACHER_MACS_224.get(str(model), TEACHER_MACS_224["regnety_160"]) * (spec.data.img_size / 224) ** 2

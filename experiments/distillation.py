@@ -102,7 +102,7 @@ def specs(scale: str) -> list[RunSpec]:
                 suite=SUITE,
                 variant=f"{key}-hard_distill",
                 family=family,
-                size=used if used != size else size,
+                size=size,  # the paper's size: make_spec shrinks it and tags what it stands for
                 tags={
                     "distillation": "hard",
                     "teacher": f"file:{teacher_file(scale)}",

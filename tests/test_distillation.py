@@ -8,6 +8,7 @@ written by the tests, so nothing is downloaded.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -298,3 +299,25 @@ def test_launcher_resolves_the_teacher_or_stops_in_one_line(
     again = _cli(*common, env=_env())
     assert again.returncode == 0, again.stderr
     assert "4 run(s), 4 already done" in again.stdout
+
+
+@pytest.mark.parametrize("scale", ["paper", "cpu", "smoke"])
+def test_distilled_specs_say_what_they_stand_for_and_cost_the_teacher_forward(scale: str) -> None:
+    """A shrunk student is tagged with the paper model it stands for (as in every other suite), and the
+    plan's estimate counts the teacher's forward pass (RegNetY-16GF is ~3.5x DeiT-S's forward at 224 px)."""
+    from experiments.common import estimate_hours, get_scale, teacher_macs
+
+    flops = get_scale(scale).flops_per_s
+    for spec in distillation.specs(scale):
+        if "teacher" not in spec.tags:
+            assert teacher_macs(spec) == 0
+            continue
+        student = spec.tags["variant"].removesuffix("-hard_distill")
+        assert spec.model.name == student
+        if scale == "paper":
+            assert "stands_for" not in spec.tags
+        elif scale == "cpu":  # cpu shrinks S/B/S+ to Ti/Ti+
+            assert spec.tags["stands_for"] in {"deit_small", "deit_base", "convit_small_plus"}
+        undistilled = dataclasses.replace(spec, tags={k: v for k, v in spec.tags.items() if k != "teacher"})
+        assert teacher_macs(spec) > 0
+        assert estimate_hours(spec, flops) > estimate_hours(undistilled, flops)
