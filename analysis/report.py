@@ -35,6 +35,8 @@ from analysis import load
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 NOT_RUN = "not yet run"
+#: hand-written reading of the results, included verbatim in the report when it exists in the results folder
+INTERPRETATION = "interpretation.md"
 
 LOCALITY_SOURCES = load.LOCALITY_SOURCES
 
@@ -1003,6 +1005,12 @@ def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> st
             )
             + " |"
         )
+    notes = rdir / INTERPRETATION
+    if notes.is_file():
+        # Why a claim fails at a scale (too few steps, noise, recipe) is a judgement, not a rule: written
+        # by hand next to the results it reads, and included verbatim so that it travels with them.
+        lines += ["", f"## Reading these results (written by hand in `{rdir.name}/{INTERPRETATION}`)", ""]
+        lines += notes.read_text().strip().splitlines()
     lines += ["", "## Rules and caveats", ""]
     for v in verdicts:
         lines += [

@@ -193,6 +193,23 @@ def test_report_cli_writes_markdown(tmp_path: Path) -> None:
     text = out.read_text()
     assert "| T2-shrink |" in text and "**reproduced**" in text and "**not yet run**" in text
     assert "Rule:" in text and "## Scales used" in text
+    assert "written by hand" not in text  # the fixture has no interpretation file
+
+
+def test_report_includes_the_hand_written_reading_verbatim(tmp_path: Path) -> None:
+    """``interpretation.md`` beside the results goes into the report as written, before the rules."""
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE, results)
+    (results / report.INTERPRETATION).write_text("At cpu scale sigma(lambda) moves by 0.01 in 1.5k steps.\n")
+    out = tmp_path / "REPRODUCTION.md"
+    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    heading = text.index("## Reading these results (written by hand in `results/interpretation.md`)")
+    assert (
+        heading
+        < text.index("At cpu scale sigma(lambda) moves by 0.01 in 1.5k steps.")
+        < text.index("## Rules and caveats")
+    )
 
 
 # --- notebooks --------------------------------------------------------------------------------------------
