@@ -32,6 +32,19 @@ Why it is built this way:
 - ``--compile`` wraps each model in ``torch.compile`` (compilation happens in the warm-up, not timed).
   :func:`graph_breaks` counts dynamo graph breaks for one block, for the "no graph breaks in the blocks"
   requirement.
+
+Measured (2 shared Xeon cores, ``--threads 1 --dtype fp32 --batch 16``, 224 px, while two one-thread
+training runs shared the machine; 2026-11-21)::
+
+    ConViT-Ti / DeiT-Ti   train 0.90  infer 0.99  activation memory 1.20   (/ timm: train 1.66, memory 0.60)
+    ConViT-S  / DeiT-S    train 0.78  infer 0.75  activation memory 1.35   (/ timm: train 1.51, memory 0.62)
+
+ConViT-S is 27.8 M parameters and 432 wide against DeiT-S's 22.1 M and 384, so its FLOP ratio is ~0.79
+without the positional matmul (0.78 with P @ v done as a full [N, N] product): it runs at the FLOP ratio.
+ConViT-Ti and DeiT-Ti have the same FLOPs; the 0.90 (0.925 in a ``torch.profiler`` per-op sum) is the
+positional path (small K = 14 GEMMs and the copies between its two contractions, ~3% of a step) and the
+gate's elementwise ops in backward (~2%). History of the Ti training ratio: 0.59 (positional attention
+broadcast per image), 0.81 (batch folded into one GEMM, subnormals flushed), 0.90 (Kronecker factors).
 """
 
 from __future__ import annotations

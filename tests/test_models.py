@@ -244,13 +244,39 @@ def test_fast_path_with_attention_dropout_matches_reference() -> None:
 
 
 def test_positional_attention_once_per_layer_forward() -> None:
-    """The fast path evaluates pos_proj once per layer and forward, on [N, N, 3] (no batch dimension)."""
+    """The fast path evaluates pos_proj once per layer and forward, on the [2, g, g, 3] axis features only
+    (no batch dimension, and never the [N, N, 3] grid: P is not materialised)."""
     fast, _ = _fast_and_reference()
     calls: list[tuple[int, ...]] = []
     for i in fast.local_layers():
         fast.blocks[i].attn.pos_proj.register_forward_hook(lambda m, a, o: calls.append(tuple(a[0].shape)))
     fast(torch.randn(5, 3, 32, 32, dtype=torch.float64))
-    assert calls == [(64, 64, 3)] * 2
+    assert calls == [(2, 8, 8, 3)] * 2
+
+
+@pytest.mark.parametrize("heads,grid", [(4, 3), (9, 8), (16, 14)])
+def test_positional_attention_is_the_kronecker_product_of_its_axis_factors(heads: int, grid: int) -> None:
+    """softmax_j(pos_proj(r_ij)) = P_cols (x) P_rows for any pos_proj weights and bias, value and gradient."""
+    torch.manual_seed(heads)
+    attn = GPSA(heads * 8, heads, grid_size=grid).double()
+    with torch.no_grad():
+        attn.pos_proj.weight.normal_(0.0, 1.0)
+        attn.pos_proj.bias.normal_(0.0, 1.0)
+    n = grid * grid
+    full = attn.positional_attention(n)  # [H, N, N] from the [N, N, 3] relative indices
+    cols, rows = attn.positional_factors(n)  # [H, g, g] each
+    # token index = row * grid + col, so P[(r, c), (r', c')] = rows[r, r'] * cols[c, c']
+    kron = torch.einsum("hab,hcd->hacbd", rows, cols).reshape(heads, n, n)
+    torch.testing.assert_close(kron, full, atol=1e-13, rtol=1e-12)
+    v = torch.randn(3, heads, n, 8, dtype=torch.float64)
+    got, want = attn._positional_values(v), full.unsqueeze(0) @ v
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    g_got = torch.autograd.grad(got.square().sum(), attn.pos_proj.weight)[0]
+    g_want = torch.autograd.grad(want.square().sum(), attn.pos_proj.weight)[0]
+    torch.testing.assert_close(g_got, g_want, atol=1e-9, rtol=1e-9)
+    # the bias cancels in both softmaxes but stays in the graph (DDP needs a gradient for every parameter)
+    attn._positional_values(v).sum().backward()
+    assert attn.pos_proj.bias.grad is not None and attn.pos_proj.bias.grad.abs().max() < 1e-9
 
 
 def test_reference_matrix_is_mixed_and_row_stochastic() -> None:
@@ -280,11 +306,13 @@ def test_relative_indices_layout_and_buffer() -> None:
     assert "blocks.0.attn.rel_indices" in dict(model.named_buffers())
     assert not any("rel_indices" in k for k in model.state_dict())
     assert attn.rel_indices.shape == (16, 16, 3)
-    attn(torch.randn(1, 25, model.embed_dim))  # a 5x5 grid: rebuilt for the new N
+    attn(torch.randn(1, 25, model.embed_dim))  # a 5x5 grid: the fast path needs only the axis factors
+    attn.attention_map(torch.randn(1, 25, model.embed_dim))  # the reference path rebuilds for the new N
     assert attn.rel_indices.shape == (25, 25, 3)
-    with pytest.raises(ModelError, match="square"):
-        attn(torch.randn(1, 24, model.embed_dim))
-    attn(torch.randn(1, 16, model.embed_dim))
+    for path in (attn, attn.attention_map):
+        with pytest.raises(ModelError, match="square"):
+            path(torch.randn(1, 24, model.embed_dim))
+    attn.attention_map(torch.randn(1, 16, model.embed_dim))
     assert attn.rel_indices.shape == (16, 16, 3)
 
 
