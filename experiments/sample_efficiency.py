@@ -29,7 +29,8 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
   an A100/H100-class GPU (10 runs, ~10^7 training images each at ~9-11 GFLOP). 100 epochs because
   Tiny-ImageNet has 100k images: the f = 0.05 run then has 5k images for 2000 epochs, the same image budget.
 * cpu (CIFAR-10, 32 px, patch 4, ConViT-Ti vs DeiT-Ti head counts at half the per-head width, 96 wide,
-  depth 6, 2 x 1/f epochs, batch 64, 1.4k-1.6k steps per run): ~50 min on 2 cores with ``--parallel 2``
+  depth 6, 2 x 1/f epochs, batch 64, 1.4k-1.6k steps per run): ~1 h on 2 cores with ``--parallel 2``
+  (measured 2026-11: 9.4-14.6 min per run, 2.0 run-hours for the 10)
   (ConViT-Ti stands for ConViT-S: 9-head models cost ~2x more per image on a CPU). The README's main job.
 * smoke: seconds per run.
 """
