@@ -522,11 +522,8 @@ def build_datasets(
 # Prepare
 # ----------------------------------------------------------------------------------------------------
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def _say(msg: str) -> None:

@@ -144,11 +144,8 @@ _PROBE_DOMAIN = 3
 
 def _sha256(path: Path) -> str:
     """The file's SHA-256, recorded in env.json: a teacher file name alone does not say which weights."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:

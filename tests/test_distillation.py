@@ -11,8 +11,6 @@ import csv
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +21,11 @@ from convit import checkpoint, jobs, models, train
 from convit.spec import RunSpec
 from experiments import distillation, main_table
 
+from tiny import launch
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, str(REPO / "experiments" / "launch.py")]
 TIMING = {"images_per_s", "epoch_time_s", "wall_time_s"}
 TEACHER_FILE = distillation.teacher_file("smoke")
 CONSTANT_CLASS = 3
@@ -241,16 +240,6 @@ def test_train_job_carries_the_teacher_through_pickling_requeue_and_call(tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------ launcher
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LAUNCH, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        timeout=300,
-    )
 
 
 def _env() -> dict[str, str]:
@@ -259,7 +248,7 @@ def _env() -> dict[str, str]:
 
 
 def test_launcher_dry_run_needs_no_teacher_and_names_it() -> None:
-    proc = _cli("distillation", "--scale", "smoke", "--dry-run", env=_env())
+    proc = launch("distillation", "--scale", "smoke", "--dry-run", env=_env())
     assert proc.returncode == 0, proc.stderr
     distilled = [ln for ln in proc.stdout.splitlines() if "hard_distill" in ln]
     assert len(distilled) == 2 and all(f"[distilled from {TEACHER_FILE}]" in ln for ln in distilled)
@@ -279,13 +268,13 @@ def test_launcher_resolves_the_teacher_or_stops_in_one_line(
         (["--checkpoints", str(tmp_path)], str(tmp_path / TEACHER_FILE)),
         (["--checkpoints", str(tmp_path / "nowhere")], "no folder"),
     ):
-        proc = _cli(*common, *extra, env=_env())
+        proc = launch(*common, *extra, env=_env())
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         err = proc.stderr.strip().splitlines()
         assert len(err) == 1 and needle in err[0] and "--checkpoints DIR" in err[0], proc.stderr
         assert not runs.exists()  # refused before submitting anything
 
-    proc = _cli(*common, "--checkpoints", str(teacher_dir), env=_env())
+    proc = launch(*common, "--checkpoints", str(teacher_dir), env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with (results / "distillation" / "smoke.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -296,7 +285,7 @@ def test_launcher_resolves_the_teacher_or_stops_in_one_line(
     assert all(json.loads((d / "result.json").read_text())["teacher"] == TEACHER_FILE for d in distilled)
 
     # finished distilled runs need no teacher: relaunching without --checkpoints only collects
-    again = _cli(*common, env=_env())
+    again = launch(*common, env=_env())
     assert again.returncode == 0, again.stderr
     assert "4 run(s), 4 already done" in again.stdout
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,20 +20,9 @@ from experiments import SUITES, load_suite
 from experiments.collect import CURVE_COLUMNS, LOCALITY_COLUMNS, RUN_COLUMNS
 from experiments.common import SCALES, estimate_hours, get_scale, is_eval, run_name, train_images
 
+from tiny import launch
+
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, str(REPO / "experiments" / "launch.py")]
-
-
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LAUNCH, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        timeout=300,
-    )
 
 
 # ------------------------------------------------------------------------------------------------- specs
@@ -167,7 +154,7 @@ def test_changed_spec_changes_the_name() -> None:
 # ---------------------------------------------------------------------------------------------- dry run
 def test_dry_run_prints_one_line_per_run_and_a_total(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no data root: dry-run must not need one
-    proc = _cli("sample_efficiency", "--scale", "paper", "--dry-run", "--workdir", str(tmp_path), env=env)
+    proc = launch("sample_efficiency", "--scale", "paper", "--dry-run", "--workdir", str(tmp_path), env=env)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith("#")]
     runs = [ln for ln in lines if not ln.startswith(("total", "note"))]
@@ -179,17 +166,17 @@ def test_dry_run_prints_one_line_per_run_and_a_total(tmp_path: Path) -> None:
 
 
 def test_dry_run_seeds_only_and_distillation_note(tmp_path: Path) -> None:
-    proc = _cli("ablations", "--scale", "cpu", "--dry-run", "--seeds", "2", "--only", "table3-*")
+    proc = launch("ablations", "--scale", "cpu", "--dry-run", "--seeds", "2", "--only", "table3-*")
     assert proc.returncode == 0, proc.stderr
     assert "total: 28 run(s)" in proc.stdout
-    proc = _cli("distillation", "--scale", "paper", "--dry-run")
+    proc = launch("distillation", "--scale", "paper", "--dry-run")
     assert proc.returncode == 0 and "[distilled from regnety_160.pth]" in proc.stdout
 
 
 def test_list_and_help() -> None:
-    proc = _cli("list")
+    proc = launch("list")
     assert proc.returncode == 0 and all(s in proc.stdout for s in SUITES) and "smoke" in proc.stdout
-    proc = _cli("--help")
+    proc = launch("--help")
     assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--seeds" in proc.stdout
 
 
@@ -224,7 +211,7 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> 
         args += ["--data-root", str(empty)]
     if args[0] == "collect":
         args = args[:2]
-    proc = _cli(*args, "--workdir", str(tmp_path / "runs")) if args[0] != "collect" else _cli(*args)
+    proc = launch(*args, "--workdir", str(tmp_path / "runs")) if args[0] != "collect" else launch(*args)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip().splitlines()
@@ -246,7 +233,7 @@ def test_smoke_launch_end_to_end_then_skip(tmp_path: Path, fixture_data_root: Pa
     ]  # fmt: skip
     # masking at smoke scale, Table 5 only: trains the DeiT-Ti / ConViT-Ti pair (1 epoch each, pulled in by
     # the evaluations that need them), then evaluates both with the positional embedding masked
-    proc = _cli("masking", *common, "--only", "*mask_pos_embed*")
+    proc = launch("masking", *common, "--only", "*mask_pos_embed*")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = _rows(results / "masking" / "smoke.csv")
     assert list(table[0])[: len(RUN_COLUMNS)] == RUN_COLUMNS
@@ -260,12 +247,12 @@ def test_smoke_launch_end_to_end_then_skip(tmp_path: Path, fixture_data_root: Pa
     assert locality and list(locality[0]) == LOCALITY_COLUMNS
     assert any(r["gate_sigma"] for r in locality)  # ConViT's GPSA layer
 
-    again = _cli("masking", *common, "--only", "*mask_pos_embed*")
+    again = launch("masking", *common, "--only", "*mask_pos_embed*")
     assert again.returncode == 0, again.stderr
     assert "4 run(s), 4 already done, 0 to train, 0 to evaluate" in again.stdout
     assert _rows(results / "masking" / "smoke.csv") == table
 
-    collected = _cli(
+    collected = launch(
         "collect", "masking", "--scale", "smoke", "--workdir", str(runs), "--results", str(results)
     )
     assert collected.returncode == 0 and _rows(results / "masking" / "smoke.csv") == table

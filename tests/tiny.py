@@ -1,4 +1,5 @@
-"""The tiny training spec the job and SLURM tests share (a helper module, not a test file).
+"""What several test modules share (a helper module, not a test file): the tiny training spec of the job and
+SLURM tests, and the launcher CLI runner of the experiment and distillation tests.
 
 Seconds on a CPU: a 2-block ConViT-Ti (1 GPSA + 1 MHSA, patch 8) on the first ``classes`` classes of the
 CIFAR-10 fixture (20 images each) at 32 px, without repeated augmentation or loader workers, so a run's cost
@@ -6,6 +7,10 @@ is dominated by process start-up, which is what the scheduler tests exercise.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
 
@@ -21,4 +26,20 @@ def tiny_spec(*, classes: int, suite: str, epochs: int = 1, seed: int = 0, eval_
         seed=seed,
         eval_every=eval_every,
         tags={"suite": suite},
+    )
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python experiments/launch.py ARGS`` from the repo root, as a user types it (no stdin, 5 min cap)."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "launch.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        timeout=300,
     )
