@@ -11,7 +11,7 @@ paper      ImageNet-1k, 224 px, p16    the paper's (12 deep)   300 epochs; batch
 reduced    Tiny-ImageNet-200, 64 px,   the paper's widths and  100 epochs (x 1/f), batch 256 / 128 ("+"),
            patch 8 (8x8 = 64 tokens)   depth                   one GPU; sample efficiency ~3 GPU-h
 cpu        CIFAR-10, 32 px, patch 4    Ti / Ti+ heads at half  2 epochs (x 1/f), batch 64 / 32 ("+"),
-           (8x8 = 64 tokens)           per-head width (96 /    2 CPU cores; ~50 min sample efficiency,
+           (8x8 = 64 tokens)           per-head width (96 /    2 CPU cores; ~1 h sample efficiency,
                                        128 wide), depth 6      ~1 h per half of Table 3
                                        (5 GPSA + 1 MHSA)
 smoke      cifar10-fixture (20 img     Ti widths, depth 2      1 epoch (x 1/f), batch 8, seconds per run
@@ -40,7 +40,7 @@ Why these sizes (shared by all suites; each module adds its own notes):
   width** (``head_dim_divisor``; Ti+ is 4 x 32 = 128 for both families), depth 6 with the paper's
   GPSA:MHSA ratio (5:1 ~ 10:2), and **2 base epochs** (x 1/f: 40/20/7/4/2 at f = 0.05 ... 1), i.e. ~1e5
   training images and 1.4k-1.6k optimiser steps (batch 64) per run whatever f. Two runs at a time
-  (``--parallel 2``, one thread each): sample efficiency (10 runs) ~50 min; Table 3 (14 Ti+ runs, batch
+  (``--parallel 2``, one thread each): sample efficiency (10 runs) ~1 h; Table 3 (14 Ti+ runs, batch
   32) ~2 h, so run its halves (``--only 'table3-*-f0.1-*'``, then the full-data rows) as two ~1 h jobs.
   ConViT-Ti stands for ConViT-S (9-head models cost ~2x more per image on a CPU; the comparison is ConViT
   vs DeiT at equal width).
