@@ -268,7 +268,7 @@ class _LocalAttention(nn.Module):
         feats = axis_features(grid, device=self.pos_proj.weight.device, dtype=self.pos_proj.weight.dtype)
         return self.pos_proj(feats).softmax(dim=2).permute(0, 3, 1, 2)
 
-    def _positional_values(self, v: Tensor, head_scale: Tensor | None = None) -> Tensor:
+    def _positional_values(self, v: Tensor) -> Tensor:
         """P @ v for the whole batch without forming P ([H, N, N]), through its two Kronecker factors.
 
         With v viewed as [B, H, rows, cols, d]: first the rows (``P_rows @ v`` on [B, H, g, g * d], a
@@ -278,38 +278,22 @@ class _LocalAttention(nn.Module):
         (``python -m convit.bench``). Factor entries below the smallest normal float are set to 0: a
         conv-init factor has subnormal tails (exp(-alpha * r^2)), and x86 CPUs run matmuls on subnormal
         operands several times slower; zeroing them changes the output by less than 1e-38 per term.
-
-        ``head_scale`` ([H]) multiplies each head's output, folded into the [H, g, g] column factor for free.
-        The result is a [B, H, N, d] view of a [B, N, H, d]-contiguous tensor: the layout that
-        ``scaled_dot_product_attention`` returns on CPU and that the output projection reads, so the gated
-        sum and the head merge that follow need no further copy.
         """
         b, h, n, d = v.shape
         grid = math.isqrt(n)
-        p = self.positional_factors(n)
+        p = self.positional_factors(n).to(v.dtype)
         p = p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
         p_cols, p_rows = p[0], p[1]
-        if head_scale is not None:
-            p_cols = p_cols * head_scale.view(-1, 1, 1)
-        p_cols, p_rows = p_cols.to(v.dtype), p_rows.to(v.dtype)
         t = p_rows.unsqueeze(0) @ v.reshape(b, h, grid, grid * d)  # [B, H, rows, cols * d]
         t = t.view(b, h, grid, grid, d).permute(1, 3, 0, 2, 4).reshape(h, grid, b * grid * d)
         out = p_cols @ t  # [H, cols, B * rows * d]
-        out = out.view(h, grid, b, grid, d).permute(2, 3, 1, 0, 4).reshape(b, n, h, d)
-        return out.transpose(1, 2)
+        return out.view(h, grid, b, grid, d).permute(2, 0, 3, 1, 4).reshape(b, h, n, d)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # One GEMM for q, k and v through the concatenated [3D, D] weight (a tiny copy per forward), not
-        # two: the backward then also needs one input-gradient GEMM and no sum of two. The parameters stay
-        # ``qk`` and ``v`` (timm's and the released checkpoints' names).
         b, n, _ = x.shape
-        if self.mask == "content":  # the fast path uses v alone: keep q and k out of its graph
-            qk = self.qk(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-            return qk[0], qk[1], v
-        weight = torch.cat([self.qk.weight, self.v.weight])
-        qkv = F.linear(x, weight).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        qk = self.qk(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        return qk[0], qk[1], v
 
     def _use_fast(self) -> bool:
         # Attention dropout on the *mixed* matrix cannot be split into the two branches with the same mask,
@@ -319,26 +303,18 @@ class _LocalAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         q, k, v = self._qkv(x)
-        head_scale = None
         if self._use_fast():
-            out, head_scale = self._fast(q, k, v)
+            out = self._fast(q, k, v)
         else:
             out = self.attn_drop(self._reference_matrix(q, k)) @ v
-        out = out.transpose(1, 2).reshape(b, n, c)
-        if head_scale is None:
-            return self.proj_drop(self.proj(out))
-        # proj(diag(s_h) out) = (proj.weight * s_h per input column) out: the per-head scale costs a [D, D]
-        # product instead of one over the [B, N, D] activations
-        weight = self.proj.weight * head_scale.repeat_interleave(self.head_dim).to(self.proj.weight.dtype)
-        return self.proj_drop(F.linear(out, weight, self.proj.bias))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
     def attention_map(self, x: Tensor) -> Tensor:
         """Full attention [B, H, N, N] (post-softmax, post-mix, interventions applied, no dropout)."""
         q, k, _ = self._qkv(x)
         return self._reference_matrix(q, k)
 
-    def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Attention output [B, H, N, d] and an optional per-head scale [H] that the projection applies."""
+    def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         raise NotImplementedError
 
     def _reference_matrix(self, q: Tensor, k: Tensor) -> Tensor:
@@ -366,25 +342,15 @@ class GPSA(_LocalAttention):
             return torch.zeros_like(self.gating_param)
         return torch.sigmoid(self.gating_param)
 
-    def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The gated mix without an op over the activations for the gate.
-
-        (1 - s) C + s P v = (1 - s) (C + e^lambda P v), since s / (1 - s) = e^lambda: e^lambda folds into
-        the [H, g, g] column factor of P and (1 - s) into the projection's weight columns, so the only
-        activation-sized op is the sum (whose backward is free). Under fp16, e^lambda P could overflow
-        (lambda > 11); there, and whenever fp16 activations are used, the gate is an explicit ``lerp``.
-        """
+    def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.mask == "position":
-            return F.scaled_dot_product_attention(q, k, v), None
+            return F.scaled_dot_product_attention(q, k, v)
+        pos = self._positional_values(v)
         if self.mask == "content":
-            return self._positional_values(v), None
+            return pos
+        s = torch.sigmoid(self.gating_param).to(v.dtype).view(1, -1, 1, 1)
         content = F.scaled_dot_product_attention(q, k, v)
-        if v.dtype == torch.float16:
-            s = torch.sigmoid(self.gating_param).to(v.dtype).view(1, -1, 1, 1)
-            return torch.lerp(content, self._positional_values(v), s), None
-        lam = self.gating_param
-        pos = self._positional_values(v, head_scale=lam.exp())
-        return content + pos, torch.sigmoid(-lam)  # sigmoid(-lambda) = 1 - s, accurate when s -> 1
+        return torch.lerp(content, pos, s)  # (1 - s) * content + s * pos in one fused op
 
     def _reference_matrix(self, q: Tensor, k: Tensor) -> Tensor:
         b, _, n, _ = q.shape
@@ -404,14 +370,14 @@ class PSA(_LocalAttention):
     batch). Interventions: ``mask="content"`` drops the content logits, ``"position"`` the positional ones.
     """
 
-    def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         n = q.shape[-2]
         if self.mask == "position":
-            return F.scaled_dot_product_attention(q, k, v), None
+            return F.scaled_dot_product_attention(q, k, v)
         if self.mask == "content":
-            return self._positional_values(v), None
+            return self._positional_values(v)
         bias = self.positional_logits(n).to(q.dtype).unsqueeze(0)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
     def _reference_matrix(self, q: Tensor, k: Tensor) -> Tensor:
         n = q.shape[-2]
