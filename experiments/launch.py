@@ -108,7 +108,8 @@ def _launch_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="local cluster only: runs at once on this machine (default 1; they share its cores)",
+        help="local cluster only: runs at once on this machine, a new one starting as each ends "
+        "(default 1; they share its cores)",
     )
     p.add_argument(
         "--set",
@@ -371,46 +372,52 @@ def _run_batch(
         groups.setdefault(key, []).append(item)
     failures: list[str] = []
     for (nodes, gpus, tasks, timeout), group in groups.items():
-        wave = len(group) if args.cluster == "slurm" else max(1, args.parallel)
-        for i in range(0, len(group), wave):
-            chunk = group[i : i + wave]
-            submitted = jobs.submit(
-                [c[2] for c in chunk],
-                cluster="slurm" if args.cluster == "slurm" else args.cluster,
-                folder=folder,
-                profile=profile,
-                tasks_per_node=tasks,
-                nodes=nodes,
-                gpus_per_node=gpus,
-                timeout_min=timeout,
-                name=name,
-            )
-            for spec, d, _ in chunk:
-                print(f"submitted {run_name(spec)} -> {d}", flush=True)
-            start = time.monotonic()
-            last = ""
-            pending = list(zip(chunk, submitted, strict=True))
-            while pending:
-                still = []
-                for item, job in pending:
-                    if job.done():
-                        try:
-                            job.results() if getattr(job, "num_tasks", 1) > 1 else job.result()
-                        except Exception as exc:  # noqa: BLE001 - report every failed run, go on
-                            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-                            failures.append(f"{run_name(item[0])}: {lines[-1]} (logs: {job.paths.stderr})")
-                            print(f"FAILED {run_name(item[0])}: {lines[-1]}", file=sys.stderr, flush=True)
-                        else:
-                            print(f"done {run_name(item[0])}", flush=True)
+        # SLURM: the whole group at once (one array; the scheduler and the profile's array_parallelism
+        # pace it). Local: a pool of --parallel slots, refilled as soon as a run ends, so a short run
+        # does not leave its core idle until the longest of its wave is done.
+        slots = len(group) if args.cluster == "slurm" else max(1, args.parallel)
+        todo = list(group)
+        pending: list[tuple[tuple[RunSpec, Path, Any], Any]] = []
+        start = time.monotonic()
+        last = ""
+        while todo or pending:
+            free = slots - len(pending)
+            if todo and free > 0:
+                chunk, todo = todo[:free], todo[free:]
+                submitted = jobs.submit(
+                    [c[2] for c in chunk],
+                    cluster="slurm" if args.cluster == "slurm" else args.cluster,
+                    folder=folder,
+                    profile=profile,
+                    tasks_per_node=tasks,
+                    nodes=nodes,
+                    gpus_per_node=gpus,
+                    timeout_min=timeout,
+                    name=name,
+                )
+                for spec, d, _ in chunk:
+                    print(f"submitted {run_name(spec)} -> {d}", flush=True)
+                pending += list(zip(chunk, submitted, strict=True))
+            still = []
+            for item, job in pending:
+                if job.done():
+                    try:
+                        job.results() if getattr(job, "num_tasks", 1) > 1 else job.result()
+                    except Exception as exc:  # noqa: BLE001 - report every failed run, go on
+                        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                        failures.append(f"{run_name(item[0])}: {lines[-1]} (logs: {job.paths.stderr})")
+                        print(f"FAILED {run_name(item[0])}: {lines[-1]}", file=sys.stderr, flush=True)
                     else:
-                        still.append((item, job))
-                pending = still
-                if pending:
-                    line = _progress([(it[0], it[1]) for it, _ in pending], start)
-                    if line != last:
-                        print(line, flush=True)
-                        last = line
-                    time.sleep(5.0)
+                        print(f"done {run_name(item[0])}", flush=True)
+                else:
+                    still.append((item, job))
+            pending = still
+            if pending and (not todo or len(pending) >= slots):
+                line = _progress([(it[0], it[1]) for it, _ in pending], start)
+                if line != last:
+                    print(line, flush=True)
+                    last = line
+                time.sleep(5.0)
     return failures
 
 

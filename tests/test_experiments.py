@@ -256,3 +256,26 @@ def test_smoke_launch_end_to_end_then_skip(tmp_path: Path, fixture_data_root: Pa
         "collect", "masking", "--scale", "smoke", "--workdir", str(runs), "--results", str(results)
     )
     assert collected.returncode == 0 and _rows(results / "masking" / "smoke.csv") == table
+
+
+def test_local_parallel_is_a_pool_refilled_as_each_run_ends(tmp_path: Path) -> None:
+    """``--parallel 2`` keeps two runs going: the third starts when the short first one ends, not when
+    the long second one (the rest of its "wave") does. Real local submitit jobs that record start and end."""
+    import argparse
+    import functools
+    import subprocess
+
+    from experiments import launch as launcher
+
+    specs = load_suite("sample_efficiency").specs("smoke")[:3]
+    items = []
+    for i, (spec, seconds) in enumerate(zip(specs, (0.5, 8.0, 0.5), strict=True)):
+        stamp = tmp_path / f"times{i}"
+        command = f"date +%s.%N > {stamp}; sleep {seconds}; date +%s.%N >> {stamp}"
+        items.append((spec, tmp_path / f"run{i}", functools.partial(subprocess.run, ["sh", "-c", command])))
+    args = argparse.Namespace(cluster="local", parallel=2, tasks_per_node=None)
+    assert launcher._run_batch(items, args, None, tmp_path / "_submitit", "pool-test") == []
+    times = [[float(t) for t in (tmp_path / f"times{i}").read_text().split()] for i in range(3)]
+    start, end = [t[0] for t in times], [t[1] for t in times]
+    assert start[2] >= end[0]  # never more than two at once
+    assert start[2] < end[1]  # ... but the third did not wait for the long one
