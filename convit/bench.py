@@ -12,7 +12,11 @@ Why it is built this way:
 
 - **Interleaved, in one process.** Shared machines are noisy; absolute images/s move by tens of percent from
   minute to minute, ratios measured side by side much less. Each round runs every model in turn (training
-  steps, then inference), and the reported value is the median over rounds; min and max go to the CSV.
+  steps, then inference; the order rotates from round to round), absolute images/s are the median over
+  rounds (min and max in the CSV), and a ratio is the median of the *per-round* ratios, with their
+  interquartile range: two models timed seconds apart see the same machine, so the paired ratio cancels
+  the slow drifts a ratio of whole-run medians keeps. Use enough ``--rounds`` that the IQR is narrower
+  than the margin you want to resolve.
 - **Training step** = forward + cross-entropy + backward + AdamW step + ``zero_grad``, on a fixed ``randn``
   batch with random labels, in train mode with the recipe's stochastic depth (``--drop-path``, default 0.1,
   applied to every model so they do the same work). **Inference** = eval-mode forward under
@@ -67,6 +71,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "BenchResult",
+    "paired_ratios",
+    "ratio_summary",
     "activation_bytes",
     "build",
     "format_tables",
@@ -246,7 +252,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             log(f"  built + warmed {name} ({time.perf_counter() - t0:.1f} s warm-up)")
             runners.append(runner)
         for r in range(args.rounds):
-            for runner in runners:
+            # rotate the order each round: no model always runs first (warm caches, turbo) or last
+            for runner in runners[r % len(runners) :] + runners[: r % len(runners)]:
                 runner.result.train.append(runner.timed(runner.train_step, args.iters))
                 runner.result.infer.append(runner.timed(runner.infer_step, args.iters))
             log(
@@ -263,6 +270,28 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+def paired_ratios(result: BenchResult, reference: BenchResult, what: str = "train") -> list[float]:
+    """Per-round throughput ratios ``result / reference`` (``what``: "train" or "infer").
+
+    Both were timed within seconds of each other in the same round, so a slow minute on a shared machine
+    moves both; their ratio is far steadier than a ratio of medians taken over the whole run.
+    """
+    mine, theirs = getattr(result, what), getattr(reference, what)
+    return [a / b for a, b in zip(mine, theirs, strict=True) if b > 0]
+
+
+def ratio_summary(ratios: Sequence[float]) -> tuple[float, float, float]:
+    """(median, lower quartile, upper quartile) of per-round ratios (the quartiles are the median for
+    fewer than 3 rounds): the spread says whether a target such as 0.95x lies inside the noise."""
+    if not ratios:
+        return float("nan"), float("nan"), float("nan")
+    mid = statistics.median(ratios)
+    if len(ratios) < 3:
+        return mid, mid, mid
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return mid, q1, q3
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -299,23 +328,30 @@ def format_tables(results: Sequence[BenchResult], references: Sequence[str]) -> 
             ]
         )
     by_name = {r.name: r for r in results}
-    ratios = [["model / reference", "train", "infer", "act mem", "peak train mem"]]
+    ratios = [["model / reference", "train", "(IQR)", "infer", "(IQR)", "act mem", "peak train mem"]]
     for ref_name in references:
         ref = by_name[ref_name]
         for r in results:
             if r.name == ref_name:
                 continue
+            train = ratio_summary(paired_ratios(r, ref, "train"))
+            infer = ratio_summary(paired_ratios(r, ref, "infer"))
             ratios.append(
                 [
                     f"{r.name} / {ref_name}",
-                    _f(_ratio(r.train_median, ref.train_median), ".3f"),
-                    _f(_ratio(r.infer_median, ref.infer_median), ".3f"),
+                    _f(train[0], ".3f"),
+                    f"{train[1]:.3f}-{train[2]:.3f}",
+                    _f(infer[0], ".3f"),
+                    f"{infer[1]:.3f}-{infer[2]:.3f}",
                     _f(_ratio(r.activation_mb, ref.activation_mb), ".3f"),
                     _f(_ratio(r.peak_train_mb, ref.peak_train_mb), ".3f"),
                 ]
             )
     return (
-        _table(rows) + "\n\nratios (throughput: higher is faster; memory: lower is leaner)\n" + _table(ratios)
+        _table(rows)
+        + "\n\nratios (throughput: median and interquartile range of the per-round ratios, higher is faster;"
+        + " memory: lower is leaner)\n"
+        + _table(ratios)
     )
 
 
@@ -338,8 +374,9 @@ def _write_csv(path: Path, results: Sequence[BenchResult], references: Sequence[
             peak_infer_mb=r.peak_infer_mb,
         )
         for ref in references:
-            row[f"train_vs_{ref}"] = _ratio(r.train_median, by_name[ref].train_median)
-            row[f"infer_vs_{ref}"] = _ratio(r.infer_median, by_name[ref].infer_median)
+            for what in ("train", "infer"):
+                mid, q1, q3 = ratio_summary(paired_ratios(r, by_name[ref], what))
+                row[f"{what}_vs_{ref}"], row[f"{what}_vs_{ref}_q1"], row[f"{what}_vs_{ref}_q3"] = mid, q1, q3
             row[f"act_mem_vs_{ref}"] = _ratio(r.activation_mb, by_name[ref].activation_mb)
             row[f"peak_mem_vs_{ref}"] = _ratio(r.peak_train_mb, by_name[ref].peak_train_mb)
         rows.append(row)

@@ -7,6 +7,7 @@ output formats on tiny inputs.
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -89,6 +90,24 @@ def test_bench_smoke(tmp_path, capsys, monkeypatch):
         assert float(row["train_img_s"]) > 0 and float(row["infer_img_s"]) > 0
         assert float(row["activation_mb"]) > 0
     assert float(rows["deit_tiny"]["train_vs_deit_tiny"]) == 1.0
+    assert "(IQR)" in text
+
+
+def test_bench_ratios_are_paired_per_round():
+    """A ratio is the median of per-round ratios: a machine that slows down for some rounds moves both
+    models of those rounds, and the paired ratio stays put where a ratio of medians would not."""
+    slow_rounds = [1.0, 1.0, 0.5, 0.5, 0.5]  # the machine halves its speed from round 3 on
+    ours = bench.BenchResult("ours", 1, train=[9.0 * k for k in slow_rounds], infer=[1.0] * 5)
+    # the reference is timed at a different moment of each round, when the slowdown has not begun yet
+    ref = bench.BenchResult("ref", 1, train=[10.0 * k for k in (1.0, 1.0, 1.0, 0.5, 0.5)], infer=[2.0] * 5)
+    ratios = bench.paired_ratios(ours, ref)
+    assert ratios == pytest.approx([0.9, 0.9, 0.45, 0.9, 0.9])
+    mid, q1, q3 = bench.ratio_summary(ratios)
+    assert mid == pytest.approx(0.9) and q1 == pytest.approx(0.9) and q3 == pytest.approx(0.9)
+    assert ours.train_median / ref.train_median == pytest.approx(0.45)  # what a ratio of medians says
+    assert bench.ratio_summary(bench.paired_ratios(ours, ref, "infer"))[0] == pytest.approx(0.5)
+    assert bench.ratio_summary([0.8, 1.0]) == (0.9, 0.9, 0.9)
+    assert all(math.isnan(x) for x in bench.ratio_summary([]))
 
 
 def test_activation_bytes_counts_saved_activations_not_weights():
