@@ -33,7 +33,9 @@ Why it is built this way:
 - ``--flush-denormal`` runs with subnormal floats flushed to zero (x86 CPUs process subnormals up to ~100x
   slower). A diagnosis switch: a model whose speed changes with it has subnormals on its hot path (e.g. a
   softmax of strongly negative logits, such as GPSA's local positional attention).
-- ``--compile`` wraps each model in ``torch.compile`` (compilation happens in the warm-up, not timed).
+- ``--compile`` wraps each model in ``torch.compile`` (compilation happens in the warm-up, not timed);
+  ``NAME+compile`` in ``--models`` compiles that model only, so ``--models convit_tiny+compile,convit_tiny``
+  measures what compilation gains, paired round by round.
   :func:`graph_breaks` counts dynamo graph breaks for one block, for the "no graph breaks in the blocks"
   requirement.
 
@@ -79,9 +81,12 @@ __all__ = [
     "graph_breaks",
     "main",
     "run_benchmark",
+    "split_compile",
 ]
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: a model name ending with this runs compiled (``--models convit_tiny+compile,convit_tiny``)
+COMPILE_SUFFIX = "+compile"
 
 
 def build(
@@ -169,6 +174,12 @@ class BenchResult:
         return statistics.median(self.infer) if self.infer else float("nan")
 
 
+def split_compile(name: str) -> tuple[str, bool]:
+    """``"convit_tiny+compile"`` -> ("convit_tiny", True): that one model runs under ``torch.compile``, so
+    compiled and eager versions of a model are timed side by side in one run (paired ratios)."""
+    return (name[: -len(COMPILE_SUFFIX)], True) if name.endswith(COMPILE_SUFFIX) else (name, False)
+
+
 def _build(name: str, **kwargs: Any) -> nn.Module:
     return build(name, **kwargs)  # indirection so tests can shrink the models
 
@@ -180,8 +191,9 @@ class _Runner:
         self.name = name
         self.device = device
         self.dtype = args.dtype
-        self.eager = _build(name, img_size=args.img_size, drop_path=args.drop_path).to(device)
-        self.model = torch.compile(self.eager) if args.compile else self.eager
+        base, compiled = split_compile(name)
+        self.eager = _build(base, img_size=args.img_size, drop_path=args.drop_path).to(device)
+        self.model = torch.compile(self.eager) if args.compile or compiled else self.eager
         self.optimizer = torch.optim.AdamW(self.eager.parameters(), lr=1e-4, weight_decay=0.05)
         gen = torch.Generator().manual_seed(0)
         self.images = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(device)
@@ -389,7 +401,11 @@ def _write_csv(path: Path, results: Sequence[BenchResult], references: Sequence[
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m convit.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="convit_small,deit_small,timm:convit_small")
+    parser.add_argument(
+        "--models",
+        default="convit_small,deit_small,timm:convit_small",
+        help="comma-separated names; NAME+compile runs that one model under torch.compile",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")

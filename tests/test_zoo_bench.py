@@ -133,3 +133,19 @@ def test_blocks_compile_without_graph_breaks(block):
     x = torch.randn(2, n, model.embed_dim)
     breaks, reasons = bench.graph_breaks(model.blocks[block], x)
     assert breaks == 0, reasons
+
+
+def test_compile_suffix_compiles_that_model_only(monkeypatch):
+    """``NAME+compile`` times the compiled model next to the eager one (built, not run: inductor's C++
+    build is minutes on 2 cores; the compiled blocks' tracing is covered by the graph-break test)."""
+    import argparse
+
+    assert bench.split_compile("convit_tiny+compile") == ("convit_tiny", True)
+    assert bench.split_compile("timm:convit_tiny") == ("timm:convit_tiny", False)
+    monkeypatch.setattr(bench, "_build", lambda name, **kw: bench.build(name, depth=1, **kw))
+    args = argparse.Namespace(img_size=32, drop_path=0.0, batch=2, dtype="fp32", compile=False)
+    compiled = bench._Runner("deit_tiny+compile", args, torch.device("cpu"))
+    eager = bench._Runner("deit_tiny", args, torch.device("cpu"))
+    assert compiled.model is not compiled.eager and isinstance(compiled.model, torch._dynamo.OptimizedModule)
+    assert eager.model is eager.eager
+    assert compiled.result.name == "deit_tiny+compile" and compiled.result.params == eager.result.params
