@@ -160,7 +160,7 @@ class SuiteResults:
         if self.empty:
             return 0
         keys = [c for c in self.runs.columns if c not in RUN_COLUMNS or c in ("model", "variant", "fraction")]
-        keys = [c for c in keys if c != "seed"]
+        keys = [c for c in keys if c not in ("seed", "status")]
         return int(self.runs.groupby(keys, dropna=False)["seed"].nunique().max())
 
     def label(self) -> str:
@@ -174,8 +174,17 @@ class SuiteResults:
         return f"{self.suite} @ {note}; data: {datasets} ({sizes}); {runs}"
 
 
-def load_suite(suite: str, scale: str | None = None, results_dir: str | Path | None = None) -> SuiteResults:
+def load_suite(
+    suite: str,
+    scale: str | None = None,
+    results_dir: str | Path | None = None,
+    *,
+    include_incomplete: bool = False,
+) -> SuiteResults:
     """Load ``suite`` at ``scale``, or at the best available scale when ``scale`` is None.
+
+    Runs the collector marked ``incomplete`` (and their curves and probes) are left out unless
+    ``include_incomplete``: every figure and verdict is about finished runs.
 
     Runs get an added ``family`` column (see :func:`family`); curves and locality frames are restricted to
     the loaded runs and get ``model``, ``variant``, ``family`` (and the tag columns) merged in, so plots can
@@ -198,6 +207,10 @@ def load_suite(suite: str, scale: str | None = None, results_dir: str | Path | N
             available,
         )
     runs = _read(base / f"{chosen}.csv", RUN_COLUMNS)
+    if "status" in runs.columns and not include_incomplete:
+        # A run stopped mid-training (a suite collected while it ran, a session's end) has no top-1 and
+        # curves / probes that end early: mixed with finished runs it would pose as a "last epoch".
+        runs = runs[runs["status"].fillna("done") == "done"].reset_index(drop=True)
     for col in _NUMERIC_RUN:
         runs[col] = pd.to_numeric(runs[col], errors="coerce")
     runs["run"] = runs["run"].astype(str)

@@ -48,6 +48,26 @@ def test_reduced_beats_cpu_and_paper_beats_all(tmp_path: Path) -> None:
     assert load.load_suite("sample_efficiency", results_dir=root).scale == "reduced"
 
 
+def test_incomplete_runs_are_left_out_unless_asked(tmp_path: Path) -> None:
+    """A run the collector marked incomplete (stopped mid-training) is not in runs, curves or verdicts."""
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE / "sample_efficiency", root / "sample_efficiency")
+    cpu = pd.read_csv(root / "sample_efficiency" / "cpu.csv")
+    curves = pd.read_csv(root / "sample_efficiency" / "cpu_curves.csv")
+    stopped = cpu.iloc[:1].assign(run="se-convit-0.1-s9", seed=9, top1=float("nan"), status="incomplete")
+    cpu = pd.concat([cpu.assign(status="done"), stopped], ignore_index=True)
+    cpu.to_csv(root / "sample_efficiency" / "cpu.csv", index=False)
+    early = curves[curves["run"] == "se-convit-0.1-s0"].head(1).assign(run="se-convit-0.1-s9")
+    pd.concat([curves, early]).to_csv(root / "sample_efficiency" / "cpu_curves.csv", index=False)
+
+    res = load.load_suite("sample_efficiency", results_dir=root)
+    assert "se-convit-0.1-s9" not in set(res.runs["run"]) and "se-convit-0.1-s9" not in set(res.curves["run"])
+    assert len(res.runs) == len(cpu) - 1 and res.n_seeds == 2
+    everything = load.load_suite("sample_efficiency", results_dir=root, include_incomplete=True)
+    assert "se-convit-0.1-s9" in set(everything.runs["run"]) and everything.n_seeds == 3
+    assert "se-convit-0.1-s9" in set(everything.curves["run"])
+
+
 def test_missing_suite_is_empty_with_schema() -> None:
     res = load.load_suite("masking", results_dir=FIXTURE)
     assert res.empty and res.scale is None and res.n_seeds == 0
