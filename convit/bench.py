@@ -52,6 +52,12 @@ Even with nothing else running, single rounds scatter by +-8% on this VM: the ta
 lie inside the interquartile ranges, so "met" or "missed" is not resolvable here at the 1% level. (15
 rounds of Ti with two training runs sharing the cores: 0.976 [0.886-1.014], ConViT-Ti / timm 1.62.)
 
+``torch.compile`` (each whole model traces as one graph, 0 breaks, by ``torch._dynamo.explain``), same
+machine with two training runs sharing it, ``--models convit_tiny+compile,convit_tiny,deit_tiny+compile,
+deit_tiny --rounds 7``: compiled / eager ConViT-Ti train 1.003 [0.960-1.067], infer 1.043; DeiT-Ti train
+1.120 [1.106-1.173]. It does not slow ConViT down, but on CPU it does not speed it up either (why DeiT gains
+and ConViT not was not investigated): compiled ConViT-Ti runs at ~0.89x compiled DeiT-Ti.
+
 ConViT-S is 27.8 M parameters and 432 wide against DeiT-S's 22.1 M and 384, so its FLOP ratio is ~0.79
 without the positional matmul (0.78 with P @ v done as a full [N, N] product): it runs at the FLOP ratio.
 ConViT-Ti and DeiT-Ti have the same FLOPs; one GPSA layer's forward + backward costs 52.8 ms against 47.6 ms
