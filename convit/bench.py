@@ -49,8 +49,9 @@ paired per-round ratios, median [interquartile range]; 2026-11-21)::
     ConViT-S  / timm      train 1.366 [1.317-1.466]  infer 1.507  activation memory 0.62
 
 Even with nothing else running, single rounds scatter by +-8% on this VM: the targets (0.95x Ti, 0.80x S)
-lie inside the interquartile ranges, so "met" or "missed" is not resolvable here at the 1% level. (15
-rounds of Ti with two training runs sharing the cores: 0.976 [0.886-1.014], ConViT-Ti / timm 1.62.)
+lie inside the interquartile ranges, so "met" or "missed" is not resolvable here at the 1% level. Other
+Ti runs the same day: 0.976 [0.886-1.014] (15 rounds, two training runs sharing the cores; ConViT-Ti / timm
+1.62), 0.910 [0.836-0.951] (20 rounds, one training run on the other core). The Ti target is not demonstrated.
 
 ``torch.compile`` (each whole model traces as one graph, 0 breaks, by ``torch._dynamo.explain``), same
 machine with two training runs sharing it, ``--models convit_tiny+compile,convit_tiny,deit_tiny+compile,
