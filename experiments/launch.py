@@ -386,7 +386,7 @@ def _run_batch(
                 chunk, todo = todo[:free], todo[free:]
                 submitted = jobs.submit(
                     [c[2] for c in chunk],
-                    cluster="slurm" if args.cluster == "slurm" else args.cluster,
+                    cluster=args.cluster,
                     folder=folder,
                     profile=profile,
                     tasks_per_node=tasks,

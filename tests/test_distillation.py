@@ -25,7 +25,6 @@ from tiny import launch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REPO = Path(__file__).resolve().parents[1]
 TIMING = {"images_per_s", "epoch_time_s", "wall_time_s"}
 TEACHER_FILE = distillation.teacher_file("smoke")
 CONSTANT_CLASS = 3

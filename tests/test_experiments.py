@@ -22,8 +22,6 @@ from experiments.common import SCALES, estimate_hours, get_scale, is_eval, run_n
 
 from tiny import launch
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 # ------------------------------------------------------------------------------------------------- specs
 @pytest.mark.parametrize("scale", SCALES)
