@@ -159,7 +159,7 @@ class MHSA(nn.Module):
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        return qkv.unbind(0)  # one stacked gradient in backward, not three zero-filled ones (see GPSA)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
@@ -271,29 +271,30 @@ class _LocalAttention(nn.Module):
     def _positional_values(self, v: Tensor) -> Tensor:
         """P @ v for the whole batch without forming P ([H, N, N]), through its two Kronecker factors.
 
-        With v viewed as [B, H, rows, cols, d]: first the rows (``P_rows @ v`` on [B, H, g, g * d], a
-        contiguous view, one small GEMM per image and head), then the columns (one GEMM per head over
-        [H, g, B * g * d] after one transposing copy). That is 2 g multiply-adds per output element instead
-        of g^2, measured ~3x faster than ``P @ v`` for ConViT-Ti at 224 px, forward + backward, on a CPU
-        (``python -m convit.bench``). Factor entries below the smallest normal float are set to 0: a
-        conv-init factor has subnormal tails (exp(-alpha * r^2)), and x86 CPUs run matmuls on subnormal
-        operands several times slower; zeroing them changes the output by less than 1e-38 per term.
+        With v viewed as [B, H, rows, cols, d]: first the rows (``P_rows @ v`` on [B, H, g, g * d], one small
+        GEMM per image and head), then the columns (``P_cols`` broadcast over images and rows, one [g, g] @
+        [g, d] GEMM each, so no transposing copy of the activations either way). That is 2 g multiply-adds
+        per output element instead of g^2, measured ~3x faster than ``P @ v`` for ConViT-Ti at 224 px,
+        forward + backward, on a CPU (``python -m convit.bench``). Factor entries below the smallest normal
+        float are set to 0: a conv-init factor has subnormal tails (exp(-alpha * r^2)), and x86 CPUs run
+        matmuls on subnormal operands several times slower; zeroing them changes the output by less than
+        1e-38 per term.
         """
         b, h, n, d = v.shape
         grid = math.isqrt(n)
         p = self.positional_factors(n).to(v.dtype)
-        p = p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
-        p_cols, p_rows = p[0], p[1]
+        p_cols, p_rows = p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
         t = p_rows.unsqueeze(0) @ v.reshape(b, h, grid, grid * d)  # [B, H, rows, cols * d]
-        t = t.view(b, h, grid, grid, d).permute(1, 3, 0, 2, 4).reshape(h, grid, b * grid * d)
-        out = p_cols @ t  # [H, cols, B * rows * d]
-        return out.view(h, grid, b, grid, d).permute(2, 0, 3, 1, 4).reshape(b, h, n, d)
+        out = p_cols.view(1, h, 1, grid, grid) @ t.view(b, h, grid, grid, d)  # [B, H, rows, cols, d]
+        return out.view(b, h, n, d)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
-        qk = self.qk(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # unbind, not qk[0] / qk[1]: its backward stacks the two gradients into one buffer, where each
+        # select's backward zero-fills a full-size buffer and the two are then added (2 extra passes)
+        q, k = self.qk(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        return qk[0], qk[1], v
+        return q, k, v
 
     def _use_fast(self) -> bool:
         # Attention dropout on the *mixed* matrix cannot be split into the two branches with the same mask,
@@ -350,7 +351,10 @@ class GPSA(_LocalAttention):
             return pos
         s = torch.sigmoid(self.gating_param).to(v.dtype).view(1, -1, 1, 1)
         content = F.scaled_dot_product_attention(q, k, v)
-        return torch.lerp(content, pos, s)  # (1 - s) * content + s * pos in one fused op
+        # (1 - s) * content + s * pos in one fused op. Folding s into P's row factor and mixing with addcmul
+        # saves ~3 passes over [B, H, N, d] in backward, but the gate's gradient then comes as the difference
+        # of two separately rounded sums, 3x less accurate under bf16 autocast (test_models): not taken.
+        return torch.lerp(content, pos, s)
 
     def _reference_matrix(self, q: Tensor, k: Tensor) -> Tensor:
         b, _, n, _ = q.shape
