@@ -58,9 +58,9 @@ measured with a throwaway A/B script (models interleaved one step at a time, 30 
 GPSA layers run their content attention only (what ``mask="position"`` executes) trains at 0.98x DeiT-Ti,
 the full GPSA at 0.92x. The positional path and the gate are a handful of memory-bound passes over
 [B, H, N, d] (v copied to [B, H, rows, cols * d], two K = 14 GEMMs forward and four backward, the lerp and
-its backward, the second gradient into v): ~6% of the step at the same FLOPs. Removing them needs a fused kernel; ``torch.compile``
-fuses the elementwise part only (it leaves the batched GEMMs to MKL) and recovers 1-4 points of it
-(two runs, below).
+its backward, the second gradient into v): ~6% of the step at the same FLOPs. Removing them needs a fused
+kernel; ``torch.compile`` fuses the elementwise part only (it leaves the batched GEMMs to MKL) and recovers
+1-4 points of it (two runs, below).
 
 Before 2026-11-22 the ratios read 0.94 (Ti) and 0.80 (S) because our DeiT was 3% slower than timm's: its
 ``qkv[0], qkv[1], qkv[2]`` split zero-fills a full [3, B, H, N, d] gradient buffer per slice in backward and
@@ -101,10 +101,12 @@ from torch import Tensor, nn
 
 __all__ = [
     "BenchResult",
+    "Comparison",
     "paired_ratios",
     "ratio_summary",
     "activation_bytes",
     "build",
+    "compare",
     "format_tables",
     "graph_breaks",
     "main",
@@ -334,6 +336,27 @@ def ratio_summary(ratios: Sequence[float]) -> tuple[float, float, float]:
     return mid, q1, q3
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One model against one reference: throughput ratios as (median, q1, q3) of the per-round paired
+    ratios (higher is faster), memory ratios (lower is leaner; None where not measured)."""
+
+    train: tuple[float, float, float]
+    infer: tuple[float, float, float]
+    activation: float | None
+    peak_train: float | None
+
+
+def compare(result: BenchResult, reference: BenchResult) -> Comparison:
+    """The numbers the table and the CSV report for ``result / reference`` (computed in this one place)."""
+    return Comparison(
+        train=ratio_summary(paired_ratios(result, reference, "train")),
+        infer=ratio_summary(paired_ratios(result, reference, "infer")),
+        activation=_ratio(result.activation_mb, reference.activation_mb),
+        peak_train=_ratio(result.peak_train_mb, reference.peak_train_mb),
+    )
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     out = []
@@ -370,21 +393,19 @@ def format_tables(results: Sequence[BenchResult], references: Sequence[str]) -> 
     by_name = {r.name: r for r in results}
     ratios = [["model / reference", "train", "(IQR)", "infer", "(IQR)", "act mem", "peak train mem"]]
     for ref_name in references:
-        ref = by_name[ref_name]
         for r in results:
             if r.name == ref_name:
                 continue
-            train = ratio_summary(paired_ratios(r, ref, "train"))
-            infer = ratio_summary(paired_ratios(r, ref, "infer"))
+            c = compare(r, by_name[ref_name])
             ratios.append(
                 [
                     f"{r.name} / {ref_name}",
-                    _f(train[0], ".3f"),
-                    f"{train[1]:.3f}-{train[2]:.3f}",
-                    _f(infer[0], ".3f"),
-                    f"{infer[1]:.3f}-{infer[2]:.3f}",
-                    _f(_ratio(r.activation_mb, ref.activation_mb), ".3f"),
-                    _f(_ratio(r.peak_train_mb, ref.peak_train_mb), ".3f"),
+                    _f(c.train[0], ".3f"),
+                    f"{c.train[1]:.3f}-{c.train[2]:.3f}",
+                    _f(c.infer[0], ".3f"),
+                    f"{c.infer[1]:.3f}-{c.infer[2]:.3f}",
+                    _f(c.activation, ".3f"),
+                    _f(c.peak_train, ".3f"),
                 ]
             )
     return (
@@ -414,11 +435,11 @@ def _write_csv(path: Path, results: Sequence[BenchResult], references: Sequence[
             peak_infer_mb=r.peak_infer_mb,
         )
         for ref in references:
-            for what in ("train", "infer"):
-                mid, q1, q3 = ratio_summary(paired_ratios(r, by_name[ref], what))
+            c = compare(r, by_name[ref])
+            for what, (mid, q1, q3) in (("train", c.train), ("infer", c.infer)):
                 row[f"{what}_vs_{ref}"], row[f"{what}_vs_{ref}_q1"], row[f"{what}_vs_{ref}_q3"] = mid, q1, q3
-            row[f"act_mem_vs_{ref}"] = _ratio(r.activation_mb, by_name[ref].activation_mb)
-            row[f"peak_mem_vs_{ref}"] = _ratio(r.peak_train_mb, by_name[ref].peak_train_mb)
+            row[f"act_mem_vs_{ref}"] = c.activation
+            row[f"peak_mem_vs_{ref}"] = c.peak_train
         rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
