@@ -2,7 +2,9 @@
 
 * ``SCALE.csv``: one row per run directory of the suite (any seed), in the order of the suite's specs, then
   by seed: the documented columns, then ``status`` (done / incomplete), ``paper_top1`` and the suite's other
-  tags (``row``, ``gpsa_layers``, ``intervention`` ...). Metrics are empty for incomplete runs.
+  tags (``row``, ``gpsa_layers``, ``intervention`` ...). Metrics are empty for incomplete runs. Suites with
+  distilled runs also get ``teacher_sha256``: the digest of the teacher file the run actually read (from its
+  ``env.json``), since the spec names the teacher file only and two files of one name are not one teacher.
 * ``SCALE_curves.csv``: ``run, epoch, train_loss, lr, val_top1, val_top5, val_loss`` from ``metrics.jsonl``.
 * ``SCALE_locality.csv``: ``run, epoch, layer, head, nonlocality, gate_sigma, centre_distance``; ``layer`` is
   the block index; gate_sigma and centre_distance exist for the GPSA blocks (the first ones) only.
@@ -66,6 +68,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run's JSON file as a dict; {} when missing or unreadable (a run stopped before writing it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -112,13 +123,9 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
 
     runs, curves, locality = [], [], []
     tag_columns: list[str] = []
+    distilled = False
     for _, _, name, spec, d in found:
-        result = {}
-        if (d / "result.json").is_file():
-            try:
-                result = json.loads((d / "result.json").read_text())
-            except json.JSONDecodeError:
-                result = {}
+        result = _read_json(d / "result.json")
         row: dict[str, Any] = {
             "suite": suite,
             "scale": scale,
@@ -141,6 +148,10 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
             row[key] = value
             if key not in tag_columns:
                 tag_columns.append(key)
+        teacher = _read_json(d / "env.json").get("teacher")
+        if isinstance(teacher, dict):
+            row["teacher_sha256"] = teacher.get("sha256")
+            distilled = True
         runs.append(row)
         for m in _read_jsonl(d / "metrics.jsonl"):
             epoch = m.get("epoch")
@@ -167,6 +178,7 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
                         }
                     )
     extra = ["status"] + sorted(tag_columns, key=lambda c: (c != "paper_top1", c))
+    extra += ["teacher_sha256"] if distilled else []
     out = Path(results) / suite
     _write(out / f"{scale}.csv", RUN_COLUMNS + extra, runs)
     _write(out / f"{scale}_curves.csv", CURVE_COLUMNS, curves)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -279,6 +280,8 @@ def test_launcher_resolves_the_teacher_or_stops_in_one_line(
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and all(r["status"] == "done" and r["top1"] for r in rows)
     assert sorted(r["distillation"] for r in rows) == ["", "", "hard", "hard"]
+    digest = hashlib.sha256((teacher_dir / TEACHER_FILE).read_bytes()).hexdigest()
+    assert sorted(r["teacher_sha256"] for r in rows) == ["", "", digest, digest]  # the file actually read
     distilled = [d for d in (runs / "distillation" / "smoke").iterdir() if "hard_distill" in d.name]
     assert len(distilled) == 2
     assert all(json.loads((d / "result.json").read_text())["teacher"] == TEACHER_FILE for d in distilled)
