@@ -38,6 +38,9 @@ Why it is built this way:
   measures what compilation gains, paired round by round.
   :func:`graph_breaks` counts dynamo graph breaks for one block, for the "no graph breaks in the blocks"
   requirement.
+- ``NAME+content-only`` (a diagnosis) trains the model with its GPSA layers running their content attention
+  only (Table 6's position masking: sigma = 0, the positional path and the gate are not computed). Timed
+  next to the full model, the gap is what the positional path and the gate cost.
 
 Measured (2 Xeon cores of a shared VM, ``--threads 1 --dtype fp32 --batch 16``, 224 px, nothing else
 running; paired per-round ratios, median [interquartile range]; 2026-11-22). ``--iters 1`` with many rounds
@@ -53,14 +56,22 @@ times neighbouring models ~1 s apart, so more pairs see the same machine::
     timm ConViT-S / DeiT-S     train 0.518 [0.506-0.548]  (the paper's own table: 0.52)
 
 Against a DeiT at timm's speed, ConViT-Ti runs at ~0.91x and ConViT-S at ~0.76x (FLOP ratio ~0.79): the
-0.95x and 0.80x targets are missed by ~5% on this CPU; the 1.10x-over-timm target is met. Where the 5% goes,
-measured with a throwaway A/B script (models interleaved one step at a time, 30 rounds): ConViT-Ti whose
-GPSA layers run their content attention only (what ``mask="position"`` executes) trains at 0.98x DeiT-Ti,
-the full GPSA at 0.92x. The positional path and the gate are a handful of memory-bound passes over
-[B, H, N, d] (v copied to [B, H, rows, cols * d], two K = 14 GEMMs forward and four backward, the lerp and
-its backward, the second gradient into v): ~6% of the step at the same FLOPs. Removing them needs a fused
-kernel; ``torch.compile`` fuses the elementwise part only (it leaves the batched GEMMs to MKL) and recovers
-1-4 points of it (two runs, below).
+0.95x and 0.80x targets are missed by ~5% on this CPU; the 1.10x-over-timm target is met. Where it goes::
+
+    --models convit_tiny+content-only,convit_tiny,deit_tiny --reference deit_tiny,convit_tiny \
+        --iters 1 --rounds 30
+    ConViT-Ti content-only / DeiT-Ti     train 0.969 [0.953-0.996]
+    ConViT-Ti / DeiT-Ti                  train 0.898 [0.869-0.906]
+    ConViT-Ti content-only / ConViT-Ti   train 1.106 [1.057-1.120]
+
+Without its positional path and gate ConViT-Ti trains at ~0.97x DeiT-Ti (4 heads of 48 against 3 of 64, 196
+tokens against 197); with them ~0.90x. Per GPSA layer (throwaway script timing GPSA subclasses, [16, 196,
+192], forward + backward, quiet, 40 paired rounds): 33.2 ms content only, 40.1 ms full; the gate's lerp
+alone (mixing with v) adds 3.6 ms, the positional path alone (added, no gate) 4.8 ms. Both are memory-bound
+passes over [B, H, N, d] at a few MFLOPs: v copied to [B, H, rows, cols * d], two K = 14 GEMMs forward and
+four backward (MKL runs them at ~20 GFLOP/s against ~140 for the big GEMMs), the lerp with its five-pass
+backward, a second gradient into v. Removing them needs a fused kernel; ``torch.compile`` fuses the
+elementwise part only (it leaves the batched GEMMs to MKL) and recovers 1-4 points (two runs, below).
 
 Before 2026-11-22 the ratios read 0.94 (Ti) and 0.80 (S) because our DeiT was 3% slower than timm's: its
 ``qkv[0], qkv[1], qkv[2]`` split zero-fills a full [3, B, H, N, d] gradient buffer per slice in backward and
@@ -111,12 +122,16 @@ __all__ = [
     "graph_breaks",
     "main",
     "run_benchmark",
-    "split_compile",
+    "split_suffixes",
 ]
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: a model name ending with this runs compiled (``--models convit_tiny+compile,convit_tiny``)
-COMPILE_SUFFIX = "+compile"
+#: ``NAME+SUFFIX`` options of a benchmarked model (combinable: ``convit_tiny+content-only+compile``)
+SUFFIXES = {
+    "compile": "run this model under torch.compile",
+    "content-only": "GPSA layers run their content attention only (Table 6's position masking), a diagnosis: "
+    "the gap to the full model is what the positional path and the gate cost",
+}
 
 
 def build(
@@ -204,10 +219,15 @@ class BenchResult:
         return statistics.median(self.infer) if self.infer else float("nan")
 
 
-def split_compile(name: str) -> tuple[str, bool]:
-    """``"convit_tiny+compile"`` -> ("convit_tiny", True): that one model runs under ``torch.compile``, so
-    compiled and eager versions of a model are timed side by side in one run (paired ratios)."""
-    return (name[: -len(COMPILE_SUFFIX)], True) if name.endswith(COMPILE_SUFFIX) else (name, False)
+def split_suffixes(name: str) -> tuple[str, frozenset[str]]:
+    """``"convit_tiny+compile"`` -> ("convit_tiny", {"compile"}). Variants of one model are separate entries
+    of ``--models``, so e.g. compiled and eager versions are timed side by side in one run (paired ratios).
+    Raises ValueError for a suffix not in :data:`SUFFIXES`."""
+    base, *flags = name.split("+")
+    unknown = [f for f in flags if f not in SUFFIXES]
+    if unknown:
+        raise ValueError(f"{name}: unknown suffix(es) {unknown}; known: {', '.join(SUFFIXES)}")
+    return base, frozenset(flags)
 
 
 def _build(name: str, **kwargs: Any) -> nn.Module:
@@ -221,9 +241,14 @@ class _Runner:
         self.name = name
         self.device = device
         self.dtype = args.dtype
-        base, compiled = split_compile(name)
+        base, flags = split_suffixes(name)
         self.eager = _build(base, img_size=args.img_size, drop_path=args.drop_path).to(device)
-        self.model = torch.compile(self.eager) if args.compile or compiled else self.eager
+        if "content-only" in flags:
+            local = getattr(self.eager, "local_layers", list)()
+            if not local:
+                raise ValueError(f"{name}: +content-only needs a model with GPSA/PSA layers")
+            self.eager.set_intervention(mask_position_layers=len(local))
+        self.model = torch.compile(self.eager) if args.compile or "compile" in flags else self.eager
         self.optimizer = torch.optim.AdamW(self.eager.parameters(), lr=1e-4, weight_decay=0.05)
         gen = torch.Generator().manual_seed(0)
         self.images = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(device)
@@ -453,7 +478,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default="convit_small,deit_small,timm:convit_small",
-        help="comma-separated names; NAME+compile runs that one model under torch.compile",
+        help="comma-separated names; NAME+compile runs that one model under torch.compile, "
+        "NAME+content-only without GPSA's positional path and gate (diagnosis)",
     )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -480,6 +506,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [r for r in args.reference if r not in args.models]
     if unknown:
         parser.error(f"reference models {unknown} are not in --models")
+    for name in args.models:
+        try:
+            split_suffixes(name)
+        except ValueError as err:
+            parser.error(str(err))
     return args
 
 

@@ -140,8 +140,8 @@ def test_compile_suffix_compiles_that_model_only(monkeypatch):
     build is minutes on 2 cores; the compiled blocks' tracing is covered by the graph-break test)."""
     import argparse
 
-    assert bench.split_compile("convit_tiny+compile") == ("convit_tiny", True)
-    assert bench.split_compile("timm:convit_tiny") == ("timm:convit_tiny", False)
+    assert bench.split_suffixes("convit_tiny+compile") == ("convit_tiny", {"compile"})
+    assert bench.split_suffixes("timm:convit_tiny") == ("timm:convit_tiny", frozenset())
     monkeypatch.setattr(bench, "_build", lambda name, **kw: bench.build(name, depth=1, **kw))
     args = argparse.Namespace(img_size=32, drop_path=0.0, batch=2, dtype="fp32", compile=False)
     compiled = bench._Runner("deit_tiny+compile", args, torch.device("cpu"))
@@ -149,3 +149,33 @@ def test_compile_suffix_compiles_that_model_only(monkeypatch):
     assert compiled.model is not compiled.eager and isinstance(compiled.model, torch._dynamo.OptimizedModule)
     assert eager.model is eager.eager
     assert compiled.result.name == "deit_tiny+compile" and compiled.result.params == eager.result.params
+
+
+def test_content_only_suffix_switches_off_the_positional_path(monkeypatch, capsys):
+    """``NAME+content-only`` (diagnosis) trains GPSA layers on their content attention alone: pos_proj and the
+    gate get no gradient, and nothing else changes. A model without GPSA layers or an unknown suffix is a
+    one-line usage error."""
+    import argparse
+
+    def small(name: str, **kw):
+        local = {"local_up_to_layer": 1} if name.startswith("convit") else {}
+        return bench.build(name, depth=2, **local, **kw)
+
+    monkeypatch.setattr(bench, "_build", small)
+    args = argparse.Namespace(img_size=32, drop_path=0.0, batch=2, dtype="fp32", compile=False)
+    runner = bench._Runner("convit_tiny+content-only+compile", args, torch.device("cpu"))
+    assert isinstance(runner.model, torch._dynamo.OptimizedModule)
+    gpsa = runner.eager.blocks[0].attn
+    assert gpsa.mask == "position" and runner.eager.blocks[1].attn.__class__.__name__ == "MHSA"
+    plain = bench._Runner("convit_tiny", args, torch.device("cpu"))
+    for r in (runner, plain):
+        r.eager.train()
+        torch.nn.functional.cross_entropy(r.eager(r.images), r.labels).backward()
+    assert gpsa.pos_proj.weight.grad is None and gpsa.gating_param.grad is None
+    assert gpsa.qk.weight.grad is not None
+    assert plain.eager.blocks[0].attn.pos_proj.weight.grad is not None
+    with pytest.raises(ValueError, match="GPSA"):
+        bench._Runner("deit_tiny+content-only", args, torch.device("cpu"))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "convit_tiny+fast,deit_tiny"])
+    assert "unknown suffix" in capsys.readouterr().err
