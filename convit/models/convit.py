@@ -272,8 +272,9 @@ class _LocalAttention(nn.Module):
         """P @ v for the whole batch without forming P ([H, N, N]), through its two Kronecker factors.
 
         With v viewed as [B, H, rows, cols, d]: first the rows (``P_rows @ v`` on [B, H, g, g * d], one small
-        GEMM per image and head), then the columns (``P_cols`` broadcast over images and rows, one [g, g] @
-        [g, d] GEMM each, so no transposing copy of the activations either way). That is 2 g multiply-adds
+        GEMM per image and head; v arrives as a transposed view of its projection, so this reshape is the
+        path's one copy), then the columns (``P_cols`` broadcast over images and rows, one [g, g] @ [g, d]
+        GEMM each, so the intermediate is never transposed either way). That is 2 g multiply-adds
         per output element instead of g^2, measured ~3x faster than ``P @ v`` for ConViT-Ti at 224 px,
         forward + backward, on a CPU (``python -m convit.bench``). Factor entries below the smallest normal
         float are set to 0: a conv-init factor has subnormal tails (exp(-alpha * r^2)), and x86 CPUs run
