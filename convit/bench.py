@@ -478,8 +478,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default="convit_small,deit_small,timm:convit_small",
-        help="comma-separated names; NAME+compile runs that one model under torch.compile, "
-        "NAME+content-only without GPSA's positional path and gate (diagnosis)",
+        help="comma-separated names; NAME+SUFFIX variants: "
+        + "; ".join(f"+{k}: {v}" for k, v in SUFFIXES.items()),
     )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -524,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_flush_denormal(True)
     try:
         return _main(args)
+    except ValueError as err:  # a model the options do not fit (ModelError, +content-only on DeiT): one line
+        print(f"convit.bench: error: {err}", file=sys.stderr)
+        return 2
     finally:
         torch.set_num_threads(threads)
         if args.flush_denormal:

@@ -123,7 +123,6 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
 
     runs, curves, locality = [], [], []
     tag_columns: list[str] = []
-    distilled = False
     for _, _, name, spec, d in found:
         result = _read_json(d / "result.json")
         row: dict[str, Any] = {
@@ -151,7 +150,6 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
         teacher = _read_json(d / "env.json").get("teacher")
         if isinstance(teacher, dict):
             row["teacher_sha256"] = teacher.get("sha256")
-            distilled = True
         runs.append(row)
         for m in _read_jsonl(d / "metrics.jsonl"):
             epoch = m.get("epoch")
@@ -178,7 +176,7 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
                         }
                     )
     extra = ["status"] + sorted(tag_columns, key=lambda c: (c != "paper_top1", c))
-    extra += ["teacher_sha256"] if distilled else []
+    extra += ["teacher_sha256"] if any("teacher_sha256" in row for row in runs) else []
     out = Path(results) / suite
     _write(out / f"{scale}.csv", RUN_COLUMNS + extra, runs)
     _write(out / f"{scale}_curves.csv", CURVE_COLUMNS, curves)
