@@ -73,6 +73,19 @@ four backward (MKL runs them at ~20 GFLOP/s against ~140 for the big GEMMs), the
 backward, a second gradient into v. Removing them needs a fused kernel; ``torch.compile`` fuses the
 elementwise part only (it leaves the batched GEMMs to MKL) and recovers 1-4 points (two runs, below).
 
+The content-only model is a bound on what any GPSA implementation can reach (it does none of the positional
+work), and for ConViT-S it sits below the 0.80x target::
+
+    --models convit_small+content-only,convit_small,deit_small --reference deit_small,convit_small \
+        --iters 1 --rounds 14
+    ConViT-S content-only / DeiT-S       train 0.774 [0.698-0.822]
+    ConViT-S / DeiT-S                    train 0.739 [0.699-0.790]
+
+ConViT-S is wider than DeiT-S (9 heads x 48 = 432 against 6 x 64 = 384: 1.27x the MACs), and on this CPU its
+GEMMs run no faster per MAC than DeiT's, so the 0.80x CPU target equals the FLOP ratio with nothing to spare.
+Content-only / full is 1.017 [0.971-1.116] for ConViT-S (same run) and 1.106 for ConViT-Ti: the positional
+path and gate are a few percent of ConViT-S's step and ~10% of ConViT-Ti's.
+
 Before 2026-11-22 the ratios read 0.94 (Ti) and 0.80 (S) because our DeiT was 3% slower than timm's: its
 ``qkv[0], qkv[1], qkv[2]`` split zero-fills a full [3, B, H, N, d] gradient buffer per slice in backward and
 adds the three; ``unbind`` stacks them once. Both MHSA and GPSA use ``unbind`` now (A/B, 36 rounds:
@@ -87,7 +100,14 @@ as one graph with 0 breaks (``torch._dynamo.explain``).
 Tried and not kept: one GEMM for q, k, v through the concatenated weight; the gate folded into P's column
 factor and the projection's columns; the gate folded into P's row factor with ``addcmul`` for the content
 side (each no measurable gain, and the last two make the gate's gradient 3x less accurate under bf16
-autocast, because it then comes as the difference of two separately rounded sums). History of the Ti
+autocast, because it then comes as the difference of two separately rounded sums). Also measured and not
+kept (2026-11-22): glibc keeping freed blocks (``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1G``)
+cuts a GPSA layer's page faults ~4x, but five alternating 8-round runs of each setting gave ConViT-Ti /
+DeiT-Ti 0.898 (default) and 0.888 (kept blocks): glibc's dynamic threshold already reuses the buffers of
+repeated steps. Not built: a custom autograd function for the gated mix (saving p - c, the gate's gradient
+as one batched dot product, the gate folded into P's factors in backward). From the per-op profile of one
+layer (``torch.profiler``, lerp forward ~1 ms, its backward ~5 ms of a ~60 ms layer step) it would remove
+~2 passes, ~2 ms per layer, ~1.5% of the model: below this machine's resolution. History of the Ti
 training ratio: 0.59 (positional attention broadcast per image), 0.81 (batch folded into one GEMM,
 subnormals flushed), ~0.94 against the slow DeiT (Kronecker factors), 0.91 against a DeiT at timm's speed.
 """
