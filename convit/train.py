@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from convit import checkpoint as ckpt
 from convit import distributed
 from convit.distributed import DistContext
+from convit.progress import EpochProgress
 from convit.spec import RunSpec, SpecError
 
 __all__ = [
@@ -601,11 +602,14 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
     teacher: str | Path | None = None,
+    progress_every_s: float = 60.0,
 ) -> dict[str, Any]:
     """Train ``spec`` in ``workdir`` (resuming whatever is there) and return the ``result.json`` content.
 
     ``teacher`` is the checkpoint file of the distillation teacher, required by (and only allowed for) specs
     tagged ``distillation="hard"``; like ``data_root`` it is a machine fact, not part of the run's identity.
+    ``progress_every_s``: seconds between in-epoch progress reports (a log line when stdout is not a
+    terminal, and ``progress.json``; see :mod:`convit.progress`).
 
     Raises :class:`Preempted` after saving a checkpoint when ``should_stop()`` turns true,
     :class:`NonFiniteLoss` on a NaN/inf loss, :class:`SpecMismatch` when ``workdir`` belongs to another spec.
@@ -619,7 +623,7 @@ def run(
     teacher_path = _check_distillation(spec, teacher)
     ctx = distributed.setup(device)
     try:
-        return _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path).fit()
+        return _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path, progress_every_s).fit()
     finally:
         distributed.teardown(ctx)
 
@@ -635,6 +639,7 @@ class _Engine:
         data_root: str | Path | None,
         should_stop: Callable[[], bool] | None,
         teacher_path: Path | None = None,
+        progress_every_s: float = 60.0,
     ):
         self.spec = spec
         self.workdir = workdir
@@ -644,6 +649,7 @@ class _Engine:
         self.should_stop = should_stop or (lambda: False)
         self.say = _Printer(ctx.is_main)
         self.recipe = spec.recipe
+        self.progress_every_s = progress_every_s
 
     # ---- construction --------------------------------------------------------------------------
     def _build(self) -> None:
@@ -919,19 +925,16 @@ class _Engine:
         _set_lr(self.scheduler, recipe, epoch, self.global_step)
         self.ddp.train()
         t0 = time.monotonic()
-        bar = None
-        if ctx.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=plan.steps_per_epoch,
-                initial=start_step,
-                desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                leave=False,
-                disable=not sys.stdout.isatty(),
-                dynamic_ncols=True,
-                mininterval=1.0,
-            )
+        progress = EpochProgress(
+            self.workdir,
+            epoch=epoch,
+            epochs=recipe.epochs,
+            steps=plan.steps_per_epoch,
+            start_step=start_step,
+            global_batch=plan.global_batch,
+            every_s=self.progress_every_s,
+            enabled=ctx.is_main,
+        )
         it = iter(self.loader)
         steps_done = 0
         for step in range(start_step, plan.steps_per_epoch):
@@ -978,18 +981,14 @@ class _Engine:
             self.loss_sum += float(step_loss)
             self.loss_count += plan.accum
             steps_done += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(step_loss) / plan.accum:.4f}", lr=f"{lr:.2e}", refresh=False)
+            progress.update(float(step_loss) / plan.accum, lr)
             if stop:
                 self._reduce_loss_sums()
                 path = self._save(epoch, step + 1)
-                if bar is not None:
-                    bar.close()
+                progress.close()
                 self.say(f"stop requested: saved epoch {epoch} step {step + 1} to {path.name}")
                 raise Preempted(epoch, step + 1, path)
-        if bar is not None:
-            bar.close()
+        progress.close()
         train_time = time.monotonic() - t0
         self._reduce_loss_sums()
         train_loss = self.loss_sum / max(self.loss_count, 1)
@@ -1099,7 +1098,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m convit.train SPEC.json WORKDIR [--data-root R] [--device D] [--teacher FILE]``.
+    """``python -m convit.train SPEC.json WORKDIR [--data-root R] [--device D] [--teacher F] [...]``.
 
     SIGTERM/SIGUSR2 request a stop: the run saves a mid-epoch checkpoint and exits with status 3, and the same
     command resumes it.
@@ -1110,7 +1109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="data root (default: CONVIT_DATA_ROOT)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--teacher", default=None, help="teacher checkpoint file (distilled specs only)")
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between progress lines inside an epoch when stdout is not a terminal (default 60)",
+    )
     args = parser.parse_args(argv)
+    if not args.progress_every > 0:
+        parser.error(f"--progress-every must be positive, got {args.progress_every}")
 
     stop = {"flag": False}
 
@@ -1129,6 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             should_stop=lambda: stop["flag"],
             device=args.device,
             teacher=args.teacher,
+            progress_every_s=args.progress_every,
         )
     except Preempted as exc:
         print(f"convit.train: {exc}", file=sys.stderr)

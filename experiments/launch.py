@@ -44,6 +44,8 @@ from experiments.common import (  # noqa: E402
 )
 
 CLUSTERS = ("local", "debug", "slurm")
+#: seconds between progress lines when nothing moved (runs report every minute; see convit.progress)
+HEARTBEAT_S = 300.0
 DEFAULT_SCALE = "cpu"
 
 
@@ -338,22 +340,27 @@ def _resources(spec: RunSpec, args: argparse.Namespace, profile: Any) -> tuple[i
     return nodes, gpus, tasks
 
 
-def _progress(pending: Sequence[tuple[RunSpec, Path]], start: float) -> str:
-    parts = []
-    for spec, d in pending:
-        epoch = 0
-        metrics = d / "metrics.jsonl"
-        if metrics.is_file():
-            lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
-            if lines:
-                try:
-                    epoch = int(json.loads(lines[-1]).get("epoch", 0))
-                except (json.JSONDecodeError, ValueError, TypeError):
-                    pass
-        if epoch:
-            parts.append(f"{run_name(spec)} {epoch}/{spec.recipe.epochs}")
-    elapsed = time.monotonic() - start
-    return f"[launch {elapsed:6.0f}s] " + ("; ".join(parts) if parts else "starting")
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _progress(pending: Sequence[tuple[RunSpec, Path]]) -> str:
+    """Where the running jobs are, from ``metrics.jsonl`` and ``progress.json`` (:mod:`convit.progress`).
+
+    Up to 4 jobs are listed by name; more (a SLURM array) are summarised, with the least advanced one named.
+    """
+    from convit.progress import describe
+
+    states = [(run_name(spec), *describe(d, spec.recipe.epochs)) for spec, d in pending]
+    if len(states) <= 4:
+        parts = [f"{name} {text}" for name, text, _ in states if text]
+        return "; ".join(parts) if parts else f"{len(states)} running, starting"
+    mean = sum(frac for _, _, frac in states) / len(states)
+    name, text, _ = min(states, key=lambda s: s[2])
+    slowest = f"{name} {text or 'starting'}"
+    return f"{len(states)} running, {100 * mean:.0f}% of their epochs done; least advanced {slowest}"
 
 
 def _run_batch(
@@ -378,7 +385,7 @@ def _run_batch(
         slots = len(group) if args.cluster == "slurm" else max(1, args.parallel)
         todo = list(group)
         pending: list[tuple[tuple[RunSpec, Path, Any], Any]] = []
-        start = time.monotonic()
+        start = last_print = time.monotonic()
         last = ""
         while todo or pending:
             free = slots - len(pending)
@@ -413,10 +420,12 @@ def _run_batch(
                     still.append((item, job))
             pending = still
             if pending and (not todo or len(pending) >= slots):
-                line = _progress([(it[0], it[1]) for it, _ in pending], start)
-                if line != last:
-                    print(line, flush=True)
-                    last = line
+                # a line when something moved (each run reports every minute), else a heartbeat
+                line = _progress([(it[0], it[1]) for it, _ in pending])
+                now = time.monotonic()
+                if line != last or now - last_print >= HEARTBEAT_S:
+                    print(f"[launch {_elapsed(now - start)}] {line}", flush=True)
+                    last, last_print = line, now
                 time.sleep(5.0)
     return failures
 

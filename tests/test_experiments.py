@@ -277,3 +277,29 @@ def test_local_parallel_is_a_pool_refilled_as_each_run_ends(tmp_path: Path) -> N
     start, end = [t[0] for t in times], [t[1] for t in times]
     assert start[2] >= end[0]  # never more than two at once
     assert start[2] < end[1]  # ... but the third did not wait for the long one
+
+
+def test_launcher_progress_reads_what_running_jobs_report(tmp_path: Path) -> None:
+    """``launch.py``'s status line comes from each run's metrics.jsonl (finished epochs) and progress.json
+    (inside the current epoch, written by the trainer's :class:`EpochProgress`); many runs are summarised."""
+    from convit.progress import EpochProgress
+    from experiments import launch as launcher
+
+    specs = load_suite("sample_efficiency").specs("smoke")[:5]
+    dirs = [tmp_path / f"run{i}" for i in range(5)]
+    for d in dirs:
+        d.mkdir()
+    epochs = specs[0].recipe.epochs
+    # run0: epoch 1 finished, 3 of 10 steps into epoch 2 (reported after every step)
+    (dirs[0] / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 2.0}) + "\n")
+    progress = EpochProgress(dirs[0], epoch=1, epochs=epochs, steps=10, start_step=0, global_batch=8, every_s=0)
+    for _ in range(3):
+        progress.update(2.0, 1e-3)
+    progress.close()
+    name0, name1 = run_name(specs[0]), run_name(specs[1])
+    line = launcher._progress([(specs[0], dirs[0]), (specs[1], dirs[1])])
+    assert line == f"{name0} ep 2/{epochs} 30%"  # run1 has reported nothing yet: not listed
+    assert launcher._progress([(specs[1], dirs[1])]) == "1 running, starting"
+    summary = launcher._progress(list(zip(specs, dirs, strict=True)))
+    share = round(100 * (1.3 / epochs) / 5)
+    assert summary == f"5 running, {share}% of their epochs done; least advanced {name1} starting"

@@ -105,6 +105,27 @@ def test_smoke_run_writes_documented_run_directory(tmp_path, fixture_data_root, 
     assert "epoch 1/2" not in capsys.readouterr().out
 
 
+def test_progress_inside_an_epoch_goes_to_the_log_and_progress_json(tmp_path, fixture_data_root, capsys):
+    """Under a scheduler stdout is a file (no tqdm bar): the run still reports inside each epoch, and leaves
+    progress.json for launch.py. ``progress_every_s=0`` reports after every step."""
+    from convit.progress import describe, read_progress
+
+    run = tmp_path / "run"
+    train.run(tiny_spec(), run, data_root=fixture_data_root, progress_every_s=0)
+    out = capsys.readouterr().out
+    steps = [line for line in out.splitlines() if " step " in line and "img/s" in line and "%" in line]
+    # 6 steps per epoch (see the test above), 2 epochs: one line per step, in order
+    heads = [line.split(" | ")[0] for line in steps]
+    assert heads == [f"epoch {e}/2 step {s}/6 ({100 * s / 6:.0f}%)" for e in (1, 2) for s in range(1, 7)]
+    assert all("loss " in line and "epoch ends in ~" in line for line in steps)
+    state = read_progress(run)
+    assert state is not None
+    assert (state["epoch"], state["epochs"], state["step"], state["steps"]) == (2, 2, 6, 6)
+    assert state["images_per_s"] > 0 and math.isfinite(state["loss"])
+    # launch.py's view: the last epoch is in metrics.jsonl, so the run reads as done, not "at 100%"
+    assert describe(run, 2) == ("ep 2/2 done", 1.0)
+
+
 # --------------------------------------------------------------------------------------------------
 # recipe wiring
 # --------------------------------------------------------------------------------------------------
