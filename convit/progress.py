@@ -52,6 +52,7 @@ class EpochProgress:
         self.loss_sum = 0.0  # since the last report: the line shows the recent loss, not the epoch's so far
         self.loss_count = 0
         self.lr = 0.0
+        self.recent_loss: float | None = None  # the last report's, for close() right after a report
         self.bar = None
         if enabled and sys.stdout.isatty():
             from tqdm import tqdm
@@ -82,30 +83,38 @@ class EpochProgress:
             self._report(now)
 
     def close(self) -> None:
+        """End of the epoch (or a stop): the bar goes, and progress.json gets the final position, so every
+        run directory that trained a step has one (whatever the epoch's length against ``every_s``)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.enabled and self.step > self.start_step:
+            self._write(time.monotonic())
 
-    def _report(self, now: float) -> None:
+    def _write(self, now: float) -> dict[str, Any]:
         done = self.step - self.start_step
         elapsed = now - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
-        left = (self.steps - self.step) / rate if rate > 0 else None
         state = {
             "epoch": self.epoch + 1,
             "epochs": self.epochs,
             "step": self.step,
             "steps": self.steps,
-            "loss": self.loss_sum / max(self.loss_count, 1),
+            "loss": self.loss_sum / self.loss_count if self.loss_count else self.recent_loss,
             "lr": self.lr,
             "images_per_s": rate * self.global_batch,
-            "epoch_left_s": left,
+            "epoch_left_s": (self.steps - self.step) / rate if rate > 0 else None,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         tmp = self.workdir / f".{PROGRESS_FILE}.tmp{os.getpid()}"
         tmp.write_text(json.dumps(state, sort_keys=True) + "\n")
         os.replace(tmp, self.workdir / PROGRESS_FILE)
+        return state
+
+    def _report(self, now: float) -> None:
+        state = self._write(now)
         if self.bar is None:
+            left = state["epoch_left_s"]
             eta = f" | epoch ends in ~{_duration(left)}" if left is not None else ""
             print(
                 f"epoch {self.epoch + 1}/{self.epochs} step {self.step}/{self.steps} "
@@ -113,6 +122,7 @@ class EpochProgress:
                 f"| lr {self.lr:.3g} | {state['images_per_s']:.0f} img/s{eta}",
                 flush=True,
             )
+        self.recent_loss = state["loss"]
         self.loss_sum, self.loss_count = 0.0, 0
 
 

@@ -107,6 +107,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, fixture_data_root):
             "ddp_check.json",
             "env.json",
             "metrics.jsonl",
+            "progress.json",
             "result.json",
             "spec.json",
         ]

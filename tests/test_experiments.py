@@ -292,7 +292,9 @@ def test_launcher_progress_reads_what_running_jobs_report(tmp_path: Path) -> Non
     epochs = specs[0].recipe.epochs
     # run0: epoch 1 finished, 3 of 10 steps into epoch 2 (reported after every step)
     (dirs[0] / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 2.0}) + "\n")
-    progress = EpochProgress(dirs[0], epoch=1, epochs=epochs, steps=10, start_step=0, global_batch=8, every_s=0)
+    progress = EpochProgress(
+        dirs[0], epoch=1, epochs=epochs, steps=10, start_step=0, global_batch=8, every_s=0
+    )
     for _ in range(3):
         progress.update(2.0, 1e-3)
     progress.close()
