@@ -5,8 +5,10 @@ run under submitit or SLURM writes to a log file, where a tqdm bar is disabled. 
 ``launch.py`` said nothing between "run ... started" and the first epoch line. So, on rank 0:
 
 * on a terminal, a tqdm bar (as before);
-* otherwise, one line every ``every_s`` seconds (``epoch 1/2 step 400/1560 (26%) | loss ... | img/s |
-  epoch ends in ~5 min``);
+* otherwise, one line every ``every_s`` seconds (``epoch 1/2 step 400/1560 (26%) | loss ... | img/s,
+  waited on data 3% | epoch ends in ~5 min``). "Waited on data" is the share of the time the training loop
+  blocked on the DataLoader: near 0 the run is compute-bound, a large share means more loader workers
+  (CPUs per GPU) would speed it up;
 * in both cases ``progress.json`` in the run directory, rewritten atomically at the same interval, which
   ``launch.py`` reads to show where each running job is (:func:`describe`). It is a hint for humans only:
   nothing resumes from it (checkpoints and ``metrics.jsonl`` are the run's record).
@@ -52,6 +54,7 @@ class EpochProgress:
         self.loss_sum = 0.0  # since the last report: the line shows the recent loss, not the epoch's so far
         self.loss_count = 0
         self.lr = 0.0
+        self.data_wait_s = 0.0
         self.recent_loss: float | None = None  # the last report's, for close() right after a report
         self.bar = None
         if enabled and sys.stdout.isatty():
@@ -66,11 +69,13 @@ class EpochProgress:
                 mininterval=1.0,
             )
 
-    def update(self, loss: float, lr: float) -> None:
-        """One optimiser step done, with its (mean over micro-batches) loss and learning rate."""
+    def update(self, loss: float, lr: float, data_wait_s: float = 0.0) -> None:
+        """One optimiser step done, with its (mean over micro-batches) loss, learning rate, and the seconds
+        the loop has blocked on the data loader since the epoch (or the resume) began."""
         if not self.enabled:
             return
         self.step += 1
+        self.data_wait_s = data_wait_s
         self.loss_sum += loss
         self.loss_count += 1
         self.lr = lr
@@ -103,6 +108,7 @@ class EpochProgress:
             "loss": self.loss_sum / self.loss_count if self.loss_count else self.recent_loss,
             "lr": self.lr,
             "images_per_s": rate * self.global_batch,
+            "data_wait_share": self.data_wait_s / elapsed if elapsed > 0 else 0.0,
             "epoch_left_s": (self.steps - self.step) / rate if rate > 0 else None,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -119,7 +125,8 @@ class EpochProgress:
             print(
                 f"epoch {self.epoch + 1}/{self.epochs} step {self.step}/{self.steps} "
                 f"({100 * self.step / self.steps:.0f}%) | loss {state['loss']:.4f} "
-                f"| lr {self.lr:.3g} | {state['images_per_s']:.0f} img/s{eta}",
+                f"| lr {self.lr:.3g} | {state['images_per_s']:.0f} img/s, "
+                f"waited on data {100 * state['data_wait_share']:.0f}%{eta}",
                 flush=True,
             )
         self.recent_loss = state["loss"]

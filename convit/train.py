@@ -937,11 +937,14 @@ class _Engine:
         )
         it = iter(self.loader)
         steps_done = 0
+        data_wait = 0.0  # seconds the loop blocked on the loader: its share of train time says input-bound
         for step in range(start_step, plan.steps_per_epoch):
             lr = self.last_lr = self.optimizer.param_groups[0]["lr"]
             step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
             for micro in range(plan.accum):
+                waited = time.perf_counter()
                 images, targets = next(it)
+                data_wait += time.perf_counter() - waited
                 images = images.to(ctx.device, non_blocking=True)
                 targets = targets.to(ctx.device, non_blocking=True)
                 _seed_everything(_mix(_STEP_DOMAIN, spec.seed, ctx.rank, epoch, step, micro))
@@ -981,7 +984,7 @@ class _Engine:
             self.loss_sum += float(step_loss)
             self.loss_count += plan.accum
             steps_done += 1
-            progress.update(float(step_loss) / plan.accum, lr)
+            progress.update(float(step_loss) / plan.accum, lr, data_wait)
             if stop:
                 self._reduce_loss_sums()
                 path = self._save(epoch, step + 1)
@@ -1022,6 +1025,8 @@ class _Engine:
             if probes is not None:
                 entry.update(probes)
         entry["images_per_s"] = images_per_s
+        entry["data_wait_s"] = data_wait
+        entry["train_time_s"] = train_time
         entry["epoch_time_s"] = time.monotonic() - t0
         self.history.append(entry)
         self.loss_sum, self.loss_count = 0.0, 0
@@ -1063,6 +1068,8 @@ class _Engine:
         if "ema_val_top1" in entry:
             parts.append(f"ema_top1 {entry['ema_val_top1']:.2f}")
         parts.append(f"{entry['images_per_s']:.0f} img/s {entry['epoch_time_s']:.1f} s")
+        if entry.get("train_time_s"):
+            parts.append(f"waited on data {100 * entry['data_wait_s'] / entry['train_time_s']:.0f}%")
         return " | ".join(parts)
 
     def _result(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -71,10 +72,13 @@ def test_smoke_run_writes_documented_run_directory(tmp_path, fixture_data_root, 
             "val_top5",
             "val_loss",
             "images_per_s",
+            "train_time_s",
+            "data_wait_s",
             "epoch_time_s",
         } <= set(m)
         assert {"ema_val_top1", "nonlocality", "gate_sigma", "centre_distance"} <= set(m)
         assert math.isfinite(m["train_loss"]) and m["images_per_s"] > 0
+        assert 0 <= m["data_wait_s"] < m["train_time_s"] <= m["epoch_time_s"]
         assert 0 <= m["val_top1"] <= m["val_top5"] <= 100
         assert len(m["nonlocality"]) == 2 and all(len(row) == 4 for row in m["nonlocality"])
         assert len(m["gate_sigma"]) == 1 and len(m["gate_sigma"][0]) == 4  # one GPSA layer, 4 heads
@@ -113,15 +117,17 @@ def test_progress_inside_an_epoch_goes_to_the_log_and_progress_json(tmp_path, fi
     run = tmp_path / "run"
     train.run(tiny_spec(), run, data_root=fixture_data_root, progress_every_s=0)
     out = capsys.readouterr().out
-    steps = [line for line in out.splitlines() if " step " in line and "img/s" in line and "%" in line]
+    steps = [line for line in out.splitlines() if re.match(r"epoch \d+/\d+ step \d+/\d+ ", line)]
     # 6 steps per epoch (see the test above), 2 epochs: one line per step, in order
     heads = [line.split(" | ")[0] for line in steps]
     assert heads == [f"epoch {e}/2 step {s}/6 ({100 * s / 6:.0f}%)" for e in (1, 2) for s in range(1, 7)]
-    assert all("loss " in line and "epoch ends in ~" in line for line in steps)
+    assert all("loss " in line and "waited on data " in line and "epoch ends in ~" in line for line in steps)
+    ends = [line for line in out.splitlines() if line.startswith("epoch ") and " | step " in line]
+    assert len(ends) == 2 and all(re.search(r"waited on data \d+%$", line) for line in ends)
     state = read_progress(run)
     assert state is not None
     assert (state["epoch"], state["epochs"], state["step"], state["steps"]) == (2, 2, 6, 6)
-    assert state["images_per_s"] > 0 and math.isfinite(state["loss"])
+    assert state["images_per_s"] > 0 and math.isfinite(state["loss"]) and 0 <= state["data_wait_share"] < 1
     # launch.py's view: the last epoch is in metrics.jsonl, so the run reads as done, not "at 100%"
     assert describe(run, 2) == ("ep 2/2 done", 1.0)
 
