@@ -96,6 +96,7 @@ __all__ = [
     "ScaleError",
     "check_scale",
     "estimate_hours",
+    "loader_hours",
     "eval_spec",
     "forward_macs",
     "get_scale",
@@ -463,11 +464,12 @@ def train_images(spec: RunSpec) -> int:
     return max(n, 1)
 
 
-def estimate_hours(spec: RunSpec, flops_per_s: float) -> float:
-    """Device-hours of a run: 6 x forward MACs (forward + backward) per training image, plus evaluations.
+def estimate_hours(spec: RunSpec, flops_per_s: float, *, loader: bool = True) -> float:
+    """Device-hours of a run: 6 x forward MACs (forward + backward) per training image, plus evaluations;
+    with ``loader``, at least the time its loader workers need to produce the images (:func:`loader_hours`).
 
-    An estimate from FLOPs only (data loading and probes are not counted); ``flops_per_s`` is the sustained
-    throughput of the scale's device (see :class:`Scale`).
+    An estimate from FLOPs (probes are not counted); ``flops_per_s`` is the sustained throughput of the
+    scale's device (see :class:`Scale`).
     """
     fwd = 2 * forward_macs(spec)
     classes, _ = _TRAIN.get(spec.data.name, (1000, 0))
@@ -478,7 +480,34 @@ def estimate_hours(spec: RunSpec, flops_per_s: float) -> float:
     evals = epochs // spec.eval_every + 1 if spec.eval_every > 0 else 1
     per_image = 3 * fwd + 2 * teacher_macs(spec)  # a distillation teacher adds one frozen forward per image
     total = per_image * train_images(spec) * epochs + fwd * n_val * evals
-    return total / flops_per_s / 3600
+    compute = total / flops_per_s / 3600
+    bound = loader_hours(spec) if loader else None
+    return compute if bound is None else max(compute, bound)
+
+
+#: Training images one loader core turns out per second with the DeiT training transform (RandAugment,
+#: random erasing, ...), by (dataset, img_size): ``python -m convit.data bench NAME --img-size S --workers 1``
+#: prints it as "images per CPU-second" (a 2-core Xeon VM, 2026-11-22: tiny-imagenet 1124, cifar10 1541).
+#: RandAugment is about half of it and decoding ~15%. Where a pair is missing (ImageNet: no archive here)
+#: the estimate has no loader bound.
+LOADER_IMAGES_PER_CORE_S = {("tiny-imagenet", 64): 1100.0, ("cifar10", 32): 1500.0}
+
+
+def loader_hours(spec: RunSpec) -> float | None:
+    """Hours the run's DataLoader workers (``resources.workers`` per device, at least one core) need for its
+    training images at :data:`LOADER_IMAGES_PER_CORE_S`; None where that rate is unknown or for evaluations.
+
+    Why: a small model on a fast GPU trains faster than 8 cores can augment. At the ``reduced`` scale
+    (Tiny-ImageNet, 64 px, 8 workers: ~8.8k images/s) the Ti models' FLOPs allow ~26k-46k images/s at the
+    scale's 100 TFLOP/s, so their time is the loader's, 3-5x the FLOP estimate; S models (9k-12k) are at the
+    edge; S+ and B are compute-bound. Each epoch's ``waited on data`` share in the run's log shows the truth.
+    """
+    rate = LOADER_IMAGES_PER_CORE_S.get((spec.data.name, spec.data.img_size))
+    if rate is None or is_eval(spec):
+        return None
+    res = spec.resources
+    cores = max(res.workers, 1) * res.nodes * res.gpus_per_node
+    return train_images(spec) * spec.recipe.epochs / (rate * cores) / 3600
 
 
 #: forward MACs at 224 px of the timm teachers the specs name (RegNetY-16GF / -200MF: Radosavovic et al. 2020)

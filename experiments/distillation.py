@@ -46,7 +46,7 @@ the undistilled students; at these scales that has to be checked, it is not give
 ``regnety_002`` because ``regnety_160`` (84M parameters) is too slow for tests; its numbers mean nothing.
 
 Cost: paper ~1,670 V100-hours for the 6 runs (3 distilled) plus the teacher's forward (~16 GMAC per image,
-+~30%); reduced ~3 GPU-hours, the teacher adding ~30% to the distilled runs as at paper scale; cpu (Ti
++~30%); reduced ~4 GPU-hours, the teacher adding ~30% to the distilled runs as at paper scale; cpu (Ti
 heads at half width) ~20 min for the undistilled pair, while each distilled run takes ~2-3x its baseline:
 ``regnety_160`` at 32 px is 0.33 GMAC per image forward, more than the students' whole training step (3 x
 0.05-0.08 GMAC). The ``--dry-run`` estimates do not count the teacher. Smoke: seconds.

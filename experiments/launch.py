@@ -201,8 +201,10 @@ def _describe(spec: RunSpec, flops: float) -> str:
         what = f"{spec.recipe.epochs} ep, batch {spec.recipe.batch_size}, peak lr {spec.recipe.peak_lr():.3g}"
         shape = f"{spec.resources.nodes}x{spec.resources.gpus_per_node}"
     note = ""
+    if estimate_hours(spec, flops) > estimate_hours(spec, flops, loader=False):
+        note += f"  [loader-bound at {spec.resources.workers} workers]"
     if _is_distilled(spec):
-        note = f"  [distilled from {_teacher_ref(spec)}]"
+        note += f"  [distilled from {_teacher_ref(spec)}]"
     return (
         f"{run_name(spec):44s} {spec.model.name:18s} {data:34s} {what:42s} {shape:>5s} "
         f"{estimate_hours(spec, flops):10.2f} h{note}"

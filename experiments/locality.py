@@ -24,8 +24,9 @@ Paper: curve-only figures; facts to check (reference 4.3): sigma(lambda) -> 0 in
 grows in every GPSA layer but ends below DeiT's; DeiT's drops early in every layer, then rises in upper
 layers.
 
-Cost: the six runs of main_table at Ti, S, B (paper ~1,250 V100-hours; reduced ~5 GPU-hours; cpu the Ti pair
-only, ~15 min; smoke seconds), nothing extra when main_table has run.
+Cost: the six runs of main_table at Ti, S, B (paper ~1,250 V100-hours; reduced ~3 GPU-hours, the Ti and S
+pairs at their loaders' pace; cpu the Ti pair only, ~15 min; smoke seconds), nothing extra when main_table
+has run.
 """
 
 from __future__ import annotations

@@ -24,9 +24,10 @@ Paper top-1 (Table 1)::
     ConViT  73.1   76.7   81.3   82.2   82.4   82.5
 
 Cost: paper ~3,500 V100-hours for the 12 runs (B+ alone ~800; calibrated on DeiT-B's reported 53 h on 8 V100,
-i.e. ~420 GPU-h); reduced (Tiny-ImageNet 64 px / patch 8, 100 epochs, one GPU) ~9 GPU-hours, B+ being the
-largest (~2.4 h); cpu only the Ti and Ti+ pairs (S/B collapse onto them after shrinking), 4 runs, ~35 min;
-smoke seconds. ``--dry-run`` prints per-run estimates.
+i.e. ~420 GPU-h); reduced (Tiny-ImageNet 64 px / patch 8, 100 epochs, one GPU) ~8 GPU-hours, B+ being the
+largest (~1.7 h), the Ti and S runs at their 8 loader workers' pace (``common.loader_hours``); cpu only
+the Ti and Ti+ pairs (S/B collapse onto them after shrinking), 4 runs, ~35 min; smoke seconds.
+``--dry-run`` prints per-run estimates.
 """
 
 from __future__ import annotations

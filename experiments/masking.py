@@ -27,7 +27,8 @@ embedding removes its whole contribution (for DeiT including the class-token slo
 layers k is scaled by (GPSA layers / 10): {2, 3, 5} of 5 at cpu scale.
 
 Cost: 10 evaluations of the ImageNet val set with Ti models (~0.2 GPU-hours at paper scale); reduced/cpu:
-those of the two main_table Ti runs (cpu ~15 min) plus seconds of evaluation.
+those of the two main_table Ti runs (reduced ~0.6 GPU-hours, loader-bound; cpu ~15 min) plus seconds
+of evaluation.
 """
 
 from __future__ import annotations

@@ -26,8 +26,10 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
 * paper: 10 runs x ~300 ImageNet epochs-equivalent each; ConViT-S ~5.75 GMAC, DeiT-S ~4.6 GMAC per image:
   ~1,350 V100-hours in total (``--dry-run``'s FLOP estimate: ~130 h per run, 16 GPUs for ~8 h each).
 * reduced (Tiny-ImageNet, 64 px, patch 8, 100 x 1/f epochs, batch 256, one GPU): ~3 GPU-hours in total on
-  an A100/H100-class GPU (10 runs, ~10^7 training images each at ~9-11 GFLOP). 100 epochs because
-  Tiny-ImageNet has 100k images: the f = 0.05 run then has 5k images for 2000 epochs, the same image budget.
+  an A100/H100-class GPU (10 runs, ~10^7 training images each at ~9-11 GFLOP; at ~9k-12k images/s that is
+  about what 8 loader workers produce, so the estimate is the loader's: ``common.loader_hours``). 100
+  epochs because Tiny-ImageNet has 100k images: the f = 0.05 run then has 5k images for 2000 epochs, the
+  same image budget.
 * cpu (CIFAR-10, 32 px, patch 4, ConViT-Ti vs DeiT-Ti head counts at half the per-head width, 96 wide,
   depth 6, 2 x 1/f epochs, batch 64, 1.4k-1.6k steps per run): ~1 h on 2 cores with ``--parallel 2``
   (measured 2026-11: 9.4-14.6 min per run, 2.0 run-hours for the 10)

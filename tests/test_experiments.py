@@ -305,3 +305,27 @@ def test_launcher_progress_reads_what_running_jobs_report(tmp_path: Path) -> Non
     summary = launcher._progress(list(zip(specs, dirs, strict=True)))
     share = round(100 * (1.3 / epochs) / 5)
     assert summary == f"5 running, {share}% of their epochs done; least advanced {name1} starting"
+
+
+def test_estimates_are_bounded_by_the_loader_where_its_rate_is_measured() -> None:
+    """At the reduced scale small models train faster than 8 loader cores can augment, so their estimate is
+    the loader's time; bigger models and the cpu scale stay compute-bound; ImageNet has no measured rate."""
+    from experiments.common import LOADER_IMAGES_PER_CORE_S, loader_hours
+
+    reduced = get_scale("reduced").flops_per_s
+    by_model = {s.model.name: s for s in load_suite("main_table").specs("reduced")}
+    ti, base_plus = by_model["convit_tiny"], by_model["deit_base_plus"]
+    rate = LOADER_IMAGES_PER_CORE_S[("tiny-imagenet", 64)]
+    expected = train_images(ti) * ti.recipe.epochs / (rate * ti.resources.workers) / 3600
+    assert loader_hours(ti) == pytest.approx(expected)
+    assert estimate_hours(ti, reduced) == pytest.approx(expected)
+    assert expected > 2 * estimate_hours(ti, reduced, loader=False)
+    assert estimate_hours(base_plus, reduced) == estimate_hours(base_plus, reduced, loader=False)
+    cpu = get_scale("cpu").flops_per_s
+    for spec in load_suite("sample_efficiency").specs("cpu"):
+        assert estimate_hours(spec, cpu) == estimate_hours(spec, cpu, loader=False)
+    paper = load_suite("main_table").specs("paper")[0]
+    assert loader_hours(paper) is None
+    proc = launch("main_table", "--scale", "reduced", "--dry-run")
+    flagged = [line.split()[0] for line in proc.stdout.splitlines() if "[loader-bound at 8 workers]" in line]
+    assert run_name(ti) in flagged and run_name(base_plus) not in flagged
