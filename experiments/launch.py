@@ -224,7 +224,7 @@ def _print_plan(
         if (d / "result.json").is_file():
             state = "  (done)"
         elif d.exists():
-            state = "  (resumes)"
+            state = f"  (resumes{_last_report(spec, d)})"
         print(_describe(spec, sc.flops_per_s) + state)
         total += estimate_hours(spec, sc.flops_per_s)
     print(f"total: {len(specs)} run(s), {total:.2f} estimated device-hours on {sc.device}")
@@ -346,6 +346,21 @@ def _elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _last_report(spec: RunSpec, d: Path) -> str:
+    """``", ep 2/300 41%, reported 3 min ago"`` for a started run (a dry run shows where each run is)."""
+    from convit.progress import PROGRESS_FILE, describe
+
+    text, _ = describe(d, spec.recipe.epochs)
+    if not text:
+        return ""
+    marker = d / PROGRESS_FILE if (d / PROGRESS_FILE).is_file() else d / "metrics.jsonl"
+    try:
+        age = time.time() - marker.stat().st_mtime
+    except OSError:
+        return f", {text}"
+    return f", {text}, reported {_elapsed(age)} ago"
 
 
 def _progress(pending: Sequence[tuple[RunSpec, Path]]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,19 @@ def test_estimates_are_bounded_by_the_loader_where_its_rate_is_measured() -> Non
     proc = launch("main_table", "--scale", "reduced", "--dry-run")
     flagged = [line.split()[0] for line in proc.stdout.splitlines() if "[loader-bound at 8 workers]" in line]
     assert run_name(ti) in flagged and run_name(base_plus) not in flagged
+
+
+def test_dry_run_shows_where_a_started_run_is(tmp_path: Path) -> None:
+    from convit.progress import EpochProgress
+    from experiments.collect import run_dir
+
+    spec = load_suite("sample_efficiency").specs("smoke")[0]
+    d = run_dir(tmp_path, spec)
+    d.mkdir(parents=True)
+    progress = EpochProgress(d, epoch=0, epochs=spec.recipe.epochs, steps=4, start_step=0, global_batch=8)
+    progress.update(2.3, 1e-3)
+    progress.close()  # the epoch was cut short by a stop: progress.json says 1 of 4 steps
+    proc = launch("sample_efficiency", "--scale", "smoke", "--dry-run", "--workdir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(run_name(spec)))
+    assert re.search(rf"\(resumes, ep 1/{spec.recipe.epochs} 25%, reported 0:0\d:\d\d ago\)$", line), line
