@@ -142,6 +142,10 @@ _SAMPLE_DOMAIN = 1
 _STEP_DOMAIN = 2
 _PROBE_DOMAIN = 3
 
+#: metrics.jsonl / result.json fields that measure the machine, not the run: they differ between a resumed run
+#: and an uninterrupted one (and between two identical runs); every other field is reproducible bit for bit.
+TIMING_KEYS = frozenset({"images_per_s", "train_time_s", "data_wait_s", "epoch_time_s", "wall_time_s"})
+
 
 def _sha256(path: Path) -> str:
     """The file's SHA-256, recorded in env.json: a teacher file name alone does not say which weights."""

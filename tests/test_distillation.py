@@ -26,7 +26,6 @@ from tiny import launch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TIMING = {"images_per_s", "epoch_time_s", "wall_time_s"}
 TEACHER_FILE = distillation.teacher_file("smoke")
 CONSTANT_CLASS = 3
 
@@ -70,7 +69,7 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory, fixture_data_root: Path)
 def _outcome(workdir: Path) -> tuple[dict, list[dict]]:
     result = json.loads((workdir / "result.json").read_text())
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    strip = [{k: v for k, v in e.items() if k not in TIMING} for e in [result, *lines]]
+    strip = [{k: v for k, v in e.items() if k not in train.TIMING_KEYS} for e in [result, *lines]]
     return strip[0], strip[1:]
 
 

@@ -24,8 +24,6 @@ import torch
 from convit import checkpoint, models, train
 from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
 
-TIMING = {"images_per_s", "epoch_time_s", "wall_time_s"}
-
 
 def resume_spec(workers: int = 0) -> RunSpec:
     """Three 3-step epochs (100 images, rounded to the batch) of the full recipe, EMA on."""
@@ -42,7 +40,7 @@ def resume_spec(workers: int = 0) -> RunSpec:
 
 
 def _strip(entries: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in TIMING} for e in entries]
+    return [{k: v for k, v in e.items() if k not in train.TIMING_KEYS} for e in entries]
 
 
 def _outcome(workdir: Path) -> tuple[dict, list[dict]]:
@@ -201,7 +199,7 @@ def test_spec_mismatch_is_refused_and_a_finished_run_returns_its_result(tmp_path
     t0 = time.monotonic()
     stored = train.run(resume_spec(workers=1), workdir)
     assert time.monotonic() - t0 < 1.0
-    assert {k: v for k, v in stored.items() if k not in TIMING} == ref_result
+    assert {k: v for k, v in stored.items() if k not in train.TIMING_KEYS} == ref_result
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fixture_data_root, monkeypatch):
