@@ -26,11 +26,11 @@ def archives_dir() -> Path:
 @pytest.fixture(scope="session")
 def fixture_data_root(tmp_path_factory: pytest.TempPathFactory, archives_dir: Path) -> Path:
     """A data root with both image fixtures prepared (cifar10-fixture, tiny-imagenet-fixture)."""
-    from convit import data
+    from convit.prepare import prepare
 
     root = tmp_path_factory.mktemp("data")
     for name in ("cifar10-fixture", "tiny-imagenet-fixture"):
-        data.prepare(name, root, archives=archives_dir)
+        prepare(name, root, archives=archives_dir)
     return root
 
 

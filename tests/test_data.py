@@ -1,4 +1,4 @@
-"""Tests of convit.data: prepare, the paper's subsampling, transforms, image decoding, errors and the CLI.
+"""Tests of convit.data and convit.prepare: preparation, subsampling, transforms, image decoding, errors, CLI.
 
 They run on the real image fixtures (``fixture_data_root``) and on tiny images made in ``tmp_path``;
 nothing is downloaded.
@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from convit import data
+from convit import prepare as prep
 from convit.spec import DataSpec, RecipeSpec
 
 FIXTURES = ("cifar10-fixture", "tiny-imagenet-fixture")
@@ -55,14 +56,14 @@ def test_prepare_layout_and_marker(fixture_data_root: Path) -> None:
 def test_prepare_is_idempotent(fixture_data_root: Path, archives_dir: Path) -> None:
     marker = fixture_data_root / "cifar10-fixture" / data.MARKER
     before = marker.stat().st_mtime_ns
-    assert data.prepare("cifar10-fixture", fixture_data_root, archives=archives_dir) == marker.parent
+    assert prep.prepare("cifar10-fixture", fixture_data_root, archives=archives_dir) == marker.parent
     assert marker.stat().st_mtime_ns == before
 
 
 def test_prepare_force_rebuilds(tmp_path: Path, archives_dir: Path) -> None:
-    path = data.prepare("tiny-imagenet-fixture", tmp_path, archives=archives_dir)
+    path = prep.prepare("tiny-imagenet-fixture", tmp_path, archives=archives_dir)
     (path / "train" / "stray.txt").write_text("x")
-    data.prepare("tiny-imagenet-fixture", tmp_path, archives=archives_dir, force=True)
+    prep.prepare("tiny-imagenet-fixture", tmp_path, archives=archives_dir, force=True)
     assert not (path / "train" / "stray.txt").exists()
     assert data.is_prepared("tiny-imagenet-fixture", tmp_path)
 
@@ -71,9 +72,9 @@ def test_prepare_missing_archive_is_clear(tmp_path: Path) -> None:
     empty = tmp_path / "archives"
     empty.mkdir()
     with pytest.raises(data.DataError, match="fixtures/cifar10-jpeg-fixture.tar.gz"):
-        data.prepare("cifar10-fixture", tmp_path / "root", archives=empty)
+        prep.prepare("cifar10-fixture", tmp_path / "root", archives=empty)
     with pytest.raises(data.DataError, match="does not exist"):
-        data.prepare("cifar10-fixture", tmp_path / "root", archives=tmp_path / "nowhere")
+        prep.prepare("cifar10-fixture", tmp_path / "root", archives=tmp_path / "nowhere")
     assert not (tmp_path / "root" / "cifar10-fixture").exists()
     assert not [p for p in (tmp_path / "root").iterdir() if ".partial-" in p.name]
 
@@ -83,7 +84,7 @@ def test_prepare_rejects_corrupt_archive(tmp_path: Path) -> None:
     fake.parent.mkdir(parents=True)
     fake.write_bytes(b"not the archive")
     with pytest.raises(data.DataError, match="md5"):
-        data.prepare("cifar10-fixture", tmp_path / "root", archives=tmp_path / "archives")
+        prep.prepare("cifar10-fixture", tmp_path / "root", archives=tmp_path / "archives")
     assert not (tmp_path / "root" / "cifar10-fixture").exists()
 
 
@@ -95,14 +96,14 @@ def test_interrupted_prepare_leaves_no_complete_looking_folder(
 
     monkeypatch.setattr(data, "_verify", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        data.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
+        prep.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
     assert not (tmp_path / "cifar10-fixture").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     assert not data.is_prepared("cifar10-fixture", tmp_path)
     # a SIGKILLed prepare cannot clean up: the next prepare removes its leftovers and succeeds
     (tmp_path / ".cifar10-fixture.partial-dead" / "out" / "train").mkdir(parents=True)
     monkeypatch.undo()
-    data.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
+    prep.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     assert data.is_prepared("cifar10-fixture", tmp_path)
 
@@ -110,10 +111,10 @@ def test_interrupted_prepare_leaves_no_complete_looking_folder(
 def test_unmarked_folder_needs_force(tmp_path: Path, archives_dir: Path) -> None:
     (tmp_path / "cifar10-fixture" / "train").mkdir(parents=True)
     with pytest.raises(data.DataError, match="--force"):
-        data.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
+        prep.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
     with pytest.raises(data.DataError, match="is incomplete"):
         data.build_datasets(DataSpec(name="cifar10-fixture", img_size=32), RecipeSpec(), tmp_path)
-    data.prepare("cifar10-fixture", tmp_path, archives=archives_dir, force=True)
+    prep.prepare("cifar10-fixture", tmp_path, archives=archives_dir, force=True)
     assert data.is_prepared("cifar10-fixture", tmp_path)
 
 
@@ -121,8 +122,8 @@ def test_imagenet_from_user_root(tmp_path: Path) -> None:
     user = tmp_path / "my-imagenet"
     _make_imagefolder(user, ["n001", "n002", "n003"], 4)
     with pytest.raises(data.DataError, match="--from"):
-        data.prepare("imagenet", tmp_path / "root")
-    path = data.prepare("imagenet", tmp_path / "root", source=user)
+        prep.prepare("imagenet", tmp_path / "root")
+    path = prep.prepare("imagenet", tmp_path / "root", source=user)
     assert path.is_symlink() and data.is_prepared("imagenet", tmp_path / "root")
     train, val = data.build_datasets(
         DataSpec(name="imagenet", img_size=32, num_classes=2, fraction=0.5), RecipeSpec(), tmp_path / "root"
@@ -131,7 +132,7 @@ def test_imagenet_from_user_root(tmp_path: Path) -> None:
     with pytest.raises(data.DataError, match="missing val/"):
         (tmp_path / "half").mkdir()
         (tmp_path / "half" / "train").mkdir()
-        data.prepare("imagenet", tmp_path / "root2", source=tmp_path / "half")
+        prep.prepare("imagenet", tmp_path / "root2", source=tmp_path / "half")
 
 
 def test_tiny_imagenet_official_zip_layout(tmp_path: Path) -> None:
@@ -151,7 +152,7 @@ def test_tiny_imagenet_official_zip_layout(tmp_path: Path) -> None:
         lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t8\t8")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    data._assemble_tiny_official(tmp_path / "raw", out)
+    prep._assemble_tiny_official(tmp_path / "raw", out)
     assert sorted(p.name for p in (out / "train" / "n01").iterdir()) == [f"n01_{i}.JPEG" for i in range(3)]
     assert sorted(p.name for p in (out / "val" / "n01").iterdir()) == ["val_0.JPEG", "val_2.JPEG"]
     assert [p.name for p in (out / "val" / "n02").iterdir()] == ["val_1.JPEG"]
@@ -165,7 +166,7 @@ def test_cifar_export_is_lossless_and_ordered(tmp_path: Path) -> None:
         data = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
         targets = [1, 0, 1, 1, 0]
 
-    data._export_cifar(FakeCifar, tmp_path / "train")
+    prep._export_cifar(FakeCifar, tmp_path / "train")
     assert sorted(p.name for p in (tmp_path / "train" / "dog").iterdir()) == [
         "0000.png",
         "0001.png",
@@ -185,8 +186,8 @@ def test_imagefolder_archive_with_test_split(tmp_path: Path) -> None:
     with tarfile.open(archive, "w:gz") as tf:
         for split in ("train", "test"):
             tf.add(src / split, arcname=split)
-    data._extract(archive, tmp_path / "raw")
-    data._assemble_imagefolder(tmp_path / "raw", tmp_path / "out")
+    prep._extract(archive, tmp_path / "raw")
+    prep._assemble_imagefolder(tmp_path / "raw", tmp_path / "out")
     assert (tmp_path / "out" / "val" / "a" / "0000.jpg").is_file()
 
 
