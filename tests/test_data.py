@@ -94,7 +94,7 @@ def test_interrupted_prepare_leaves_no_complete_looking_folder(
     def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_verify", interrupted)
+    monkeypatch.setattr(prep, "_verify", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prep.prepare("cifar10-fixture", tmp_path, archives=archives_dir)
     assert not (tmp_path / "cifar10-fixture").exists()
