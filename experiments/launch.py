@@ -567,7 +567,25 @@ def _list() -> int:
             f"depth {sc.total_depth}, "
             f"{sc.base_epochs} base epochs (x 1/f), batch {sc.batch_size}, {sc.device}"
         )
+    # the cost of every suite at every scale, from the same estimate as --dry-run (one place, not prose)
+    print("estimated device-hours (runs) on each scale's device, one seed; --dry-run itemises them:")
+    print(f"  {'':18s}" + "".join(f"{name:>16s}" for name in SCALES))
+    for suite in SUITES:
+        cells = []
+        for name in SCALES:
+            specs = load_suite(suite).specs(name)
+            hours = sum(estimate_hours(spec, get_scale(name).flops_per_s) for spec in specs)
+            cells.append(f"{_hours(hours)} ({len(specs)})")
+        print(f"  {suite:18s}" + "".join(f"{cell:>16s}" for cell in cells))
     return 0
+
+
+def _hours(hours: float) -> str:
+    if hours >= 100:
+        return f"{hours:,.0f} h"
+    if hours >= 0.1:
+        return f"{hours:.1f} h"
+    return f"{60 * hours:.0f} min" if hours >= 1 / 60 else "<1 min"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

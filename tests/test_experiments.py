@@ -175,6 +175,11 @@ def test_dry_run_seeds_only_and_distillation_note(tmp_path: Path) -> None:
 def test_list_and_help() -> None:
     proc = launch("list")
     assert proc.returncode == 0 and all(s in proc.stdout for s in SUITES) and "smoke" in proc.stdout
+    # the cost table: one row per suite, one "hours (runs)" cell per scale, the runs as --dry-run counts them
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+    for suite in SUITES:
+        cells = re.findall(r"(\S+ (?:h|min)) \((\d+)\)", rows[suite])
+        assert [int(n) for _, n in cells] == [len(load_suite(suite).specs(scale)) for scale in SCALES]
     proc = launch("--help")
     assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--seeds" in proc.stdout
 
