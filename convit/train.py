@@ -61,7 +61,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from convit import checkpoint as ckpt
-from convit import distributed
+from convit import distributed, runlock
 from convit.distributed import DistContext
 from convit.progress import EpochProgress
 from convit.spec import RunSpec, SpecError
@@ -70,7 +70,9 @@ __all__ = [
     "SUPPORTS_DISTILLATION",
     "NonFiniteLoss",
     "Preempted",
+    "RunInUse",
     "SpecMismatch",
+    "TIMING_KEYS",
     "TrainError",
     "build_optimizer",
     "build_scheduler",
@@ -102,6 +104,10 @@ class SpecMismatch(TrainError):
             f"{workdir} holds a run with a different spec (differing keys: {shown}); "
             "use a new workdir for a new spec"
         )
+
+
+class RunInUse(TrainError):
+    """Another process is training in this run directory (a duplicate launch); see :mod:`convit.runlock`."""
 
 
 class NonFiniteLoss(TrainError):
@@ -607,13 +613,15 @@ def run(
     device: str | None = None,
     teacher: str | Path | None = None,
     progress_every_s: float = 60.0,
+    lock_wait_s: float = 180.0,
 ) -> dict[str, Any]:
     """Train ``spec`` in ``workdir`` (resuming whatever is there) and return the ``result.json`` content.
 
     ``teacher`` is the checkpoint file of the distillation teacher, required by (and only allowed for) specs
     tagged ``distillation="hard"``; like ``data_root`` it is a machine fact, not part of the run's identity.
     ``progress_every_s``: seconds between in-epoch progress reports (a log line when stdout is not a
-    terminal, and ``progress.json``; see :mod:`convit.progress`).
+    terminal, and ``progress.json``; see :mod:`convit.progress`). Only one process trains in a ``workdir``
+    at a time: another one waits up to ``lock_wait_s`` seconds for it, then raises :class:`RunInUse`.
 
     Raises :class:`Preempted` after saving a checkpoint when ``should_stop()`` turns true,
     :class:`NonFiniteLoss` on a NaN/inf loss, :class:`SpecMismatch` when ``workdir`` belongs to another spec.
@@ -627,9 +635,31 @@ def run(
     teacher_path = _check_distillation(spec, teacher)
     ctx = distributed.setup(device)
     try:
-        return _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path, progress_every_s).fit()
+        with _exclusive(workdir, ctx, lock_wait_s):
+            done = _check_workdir(spec, workdir)  # a duplicate that waited for the lock finds the run done
+            if done is not None:
+                return done
+            return _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path, progress_every_s).fit()
     finally:
         distributed.teardown(ctx)
+
+
+@contextlib.contextmanager
+def _exclusive(workdir: Path, ctx: DistContext, wait_s: float) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock (:mod:`convit.runlock`) while every rank trains; if another
+    process holds it, every rank raises :class:`RunInUse`."""
+    with contextlib.ExitStack() as stack:
+        error: runlock.RunDirBusy | None = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(runlock.hold(workdir, wait_s))
+            except runlock.RunDirBusy as exc:
+                error = exc
+        busy = torch.tensor([float(error is not None)], device=ctx.device)
+        distributed.all_reduce(busy, ctx, op="max")
+        if busy.item():
+            raise RunInUse(str(error) if error is not None else f"{workdir} is in use (rank 0 says by whom)")
+        yield
 
 
 class _Engine:

@@ -491,12 +491,13 @@ def _launch(args: argparse.Namespace) -> int:
         raise UsageError("--partition needs --profile FILE (see slurm/profiles/example.yaml)")
     data_root = _validate(specs, args)
 
+    from convit import runlock
     from convit.jobs import TrainJob
     from experiments.evaluate import EvalJob
 
     workdir = Path(args.workdir)
     folder = workdir / "_submitit" / args.suite / args.scale
-    trains, evals = [], []
+    trains, evals, elsewhere = [], [], []
     skipped = 0
     for spec in specs:
         d = run_dir(workdir, spec)
@@ -505,15 +506,21 @@ def _launch(args: argparse.Namespace) -> int:
             continue
         if is_eval(spec):
             evals.append(spec)
-        else:
-            teacher = _teacher_path(spec, args) if _is_distilled(spec) else None
-            trains.append((spec, d, TrainJob(spec, d, data_root, teacher)))
+            continue
+        busy = runlock.holder(d)
+        if busy is not None:  # a duplicate would only wait for the lock and fail: leave the run to its owner
+            elsewhere.append(f"{run_name(spec)}: left to {busy}, which is training it; relaunch when it ends")
+            continue
+        teacher = _teacher_path(spec, args) if _is_distilled(spec) else None
+        trains.append((spec, d, TrainJob(spec, d, data_root, teacher)))
+    busy_note = f", {len(elsewhere)} being trained by another launch" if elsewhere else ""
     print(
-        f"{args.suite} at scale {args.scale}: {len(specs)} run(s), {skipped} already done, "
+        f"{args.suite} at scale {args.scale}: {len(specs)} run(s), {skipped} already done{busy_note}, "
         f"{len(trains)} to train, {len(evals)} to evaluate ({args.cluster})",
         flush=True,
     )
     failures = _run_batch(trains, args, profile, folder, f"convit-{args.suite}") if trains else []
+    failures += elsewhere
 
     eval_items = []
     for spec in evals:
@@ -540,7 +547,7 @@ def _launch(args: argparse.Namespace) -> int:
         path = collect(args.suite, args.scale, everything, workdir, args.results)
         print(f"collected {path}", flush=True)
     if failures:
-        print(f"{len(failures)} run(s) failed:", file=sys.stderr)
+        print(f"{len(failures)} run(s) not done:", file=sys.stderr)
         for line in failures:
             print(f"  {line}", file=sys.stderr)
         return 1

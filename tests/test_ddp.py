@@ -102,6 +102,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, fixture_data_root):
     assert json.loads((ddp_dir / "env.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(
         [
+            ".lock",
             "checkpoint.pth",
             "checkpoint.prev.pth",
             "ddp_check.json",

@@ -351,3 +351,25 @@ def test_dry_run_shows_where_a_started_run_is(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(run_name(spec)))
     assert re.search(rf"\(resumes, ep 1/{spec.recipe.epochs} 25%, reported 0:0\d:\d\d ago\)$", line), line
+
+
+def test_launch_leaves_a_run_being_trained_elsewhere_to_its_owner(
+    tmp_path: Path, fixture_data_root: Path
+) -> None:
+    """Relaunching a suite while another launch still trains one of its runs does not start a duplicate."""
+    import os
+
+    from convit import runlock
+    from experiments.collect import run_dir
+
+    spec = load_suite("sample_efficiency").specs("smoke")[0]
+    runs = tmp_path / "runs"
+    with runlock.hold(run_dir(runs, spec)):
+        proc = launch(
+            "sample_efficiency", "--scale", "smoke", "--cluster", "debug", "--only", run_name(spec),
+            "--data-root", str(fixture_data_root), "--workdir", str(runs), "--results", str(tmp_path / "r"),
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 being trained by another launch, 0 to train" in proc.stdout
+    assert f"{run_name(spec)}: left to pid {os.getpid()} on " in proc.stderr
+    assert not (run_dir(runs, spec) / "spec.json").exists()  # nothing started there

@@ -11,6 +11,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,6 +131,35 @@ def test_progress_inside_an_epoch_goes_to_the_log_and_progress_json(tmp_path, fi
     assert state["images_per_s"] > 0 and math.isfinite(state["loss"]) and 0 <= state["data_wait_share"] < 1
     # launch.py's view: the last epoch is in metrics.jsonl, so the run reads as done, not "at 100%"
     assert describe(run, 2) == ("ep 2/2 done", 1.0)
+
+
+def test_one_process_per_run_directory(tmp_path, fixture_data_root):
+    """A second process for a run directory in use (a duplicate launch) waits for the lock, then either finds
+    the run finished and returns its result without training, or stops with an error naming the holder."""
+    import os
+    import threading
+
+    from convit import runlock
+
+    run = tmp_path / "run"
+    with runlock.hold(run):
+        assert f"pid {os.getpid()}" in (runlock.holder(run) or "")
+        with pytest.raises(train.RunInUse, match=f"in use by pid {os.getpid()} on "):
+            train.run(tiny_spec(epochs=1), run, data_root=fixture_data_root, lock_wait_s=0.5)
+    assert runlock.holder(run) is None  # released with the block
+
+    first: dict = {}
+    owner = threading.Thread(
+        target=lambda: first.update(train.run(tiny_spec(epochs=1), run, data_root=fixture_data_root))
+    )
+    owner.start()
+    while runlock.holder(run) is None and owner.is_alive():
+        time.sleep(0.01)
+    assert owner.is_alive()  # the duplicate below really starts while the run is being trained
+    duplicate = train.run(tiny_spec(epochs=1), run, data_root=fixture_data_root, lock_wait_s=300)
+    owner.join()
+    assert duplicate == first and first["epochs"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # trained once
 
 
 # --------------------------------------------------------------------------------------------------
