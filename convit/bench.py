@@ -86,6 +86,9 @@ GEMMs run no faster per MAC than DeiT's, so the 0.80x CPU target equals the FLOP
 Content-only / full is 1.017 [0.971-1.116] for ConViT-S (same run) and 1.106 for ConViT-Ti: the positional
 path and gate are a few percent of ConViT-S's step and ~10% of ConViT-Ti's.
 
+GPU (issue 6's bf16 targets at batch 128): not measured yet, no GPU was lent to the sessions so far;
+``make bench-gpu`` runs the three commands and writes their CSVs to ``results/bench/``.
+
 Before 2026-11-22 the ratios read 0.94 (Ti) and 0.80 (S) because our DeiT was 3% slower than timm's: its
 ``qkv[0], qkv[1], qkv[2]`` split zero-fills a full [3, B, H, N, d] gradient buffer per slice in backward and
 adds the three; ``unbind`` stacks them once. Both MHSA and GPSA use ``unbind`` now (A/B, 36 rounds:
@@ -531,6 +534,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             split_suffixes(name)
         except ValueError as err:
             parser.error(str(err))
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA GPU on this machine (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return args
 
 

@@ -179,3 +179,15 @@ def test_content_only_suffix_switches_off_the_positional_path(monkeypatch, capsy
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "convit_tiny+fast,deit_tiny"])
     assert "unknown suffix" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [("foo", "is not a torch device"), ("cuda" if not torch.cuda.is_available() else "cuda:99", "CUDA")],
+)
+def test_bench_device_errors_are_one_line(device, needle, capsys):
+    """A device this machine does not have is a usage error (exit 2, one line), not a CUDA traceback."""
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(["--models", "deit_tiny", "--device", device])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and needle in err and "Traceback" not in err
