@@ -14,7 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "all_reduce", "barrier", "setup", "teardown"]
+__all__ = ["DeviceError", "DistContext", "all_reduce", "barrier", "setup", "teardown"]
+
+
+class DeviceError(RuntimeError):
+    """The requested device does not exist here (a user mistake: one line, no traceback, in the CLIs)."""
 
 
 @dataclass(frozen=True)
@@ -56,18 +60,24 @@ def _pick_device(requested: str | None, local_rank: int) -> torch.device:
     """
     if requested is not None and requested.startswith("cpu"):
         return torch.device("cpu")
-    if requested is not None and ":" in requested:
-        return torch.device(requested)
     if requested is None and not torch.cuda.is_available():
         return torch.device("cpu")
-    if requested is not None and requested != "cuda":
-        raise RuntimeError(f"unknown device {requested!r} (use 'cpu', 'cuda' or 'cuda:N')")
+    if requested is not None and requested != "cuda" and not requested.startswith("cuda:"):
+        raise DeviceError(f"unknown device {requested!r} (use 'cpu', 'cuda' or 'cuda:N')")
     if not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        raise DeviceError(f"device {requested!r} requested but torch sees no CUDA GPU here (use 'cpu')")
     count = torch.cuda.device_count()
+    if requested is not None and ":" in requested:
+        try:
+            dev = torch.device(requested)
+        except RuntimeError:
+            raise DeviceError(f"unknown device {requested!r} (use 'cpu', 'cuda' or 'cuda:N')") from None
+        if (dev.index or 0) >= count:
+            raise DeviceError(f"device {requested!r} requested but only {count} CUDA device(s) are visible")
+        return dev
     index = 0 if count == 1 else local_rank
     if index >= count:
-        raise RuntimeError(f"LOCAL_RANK={local_rank} but only {count} CUDA device(s) are visible")
+        raise DeviceError(f"LOCAL_RANK={local_rank} but only {count} CUDA device(s) are visible")
     return torch.device("cuda", index)
 
 

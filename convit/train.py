@@ -1131,7 +1131,7 @@ class _Engine:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can fix (one line, no traceback). Looked up lazily: a typo'd path should not pay for
     importing timm, and data/model errors can only exist once those modules were imported."""
-    errors: list[type[BaseException]] = [TrainError, SpecError, OSError]
+    errors: list[type[BaseException]] = [TrainError, SpecError, OSError, distributed.DeviceError]
     for module, name in (("convit.data", "DataError"), ("convit.models", "ModelError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))

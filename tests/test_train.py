@@ -280,3 +280,15 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "epochs must be >= 1" in proc.stderr
     assert train.main([str(tmp_path / "nope.json"), str(tmp_path / "run")]) == 2  # missing file
     assert not Path(tmp_path / "run").exists()
+    # a device this machine lacks: one line, before any data or model work
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({}))
+    missing = "cuda:99" if torch.cuda.is_available() else "cuda"
+    for device, needle in (("tpu", "unknown device 'tpu'"), (missing, f"device '{missing}' requested but")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "convit.train", str(good), str(tmp_path / "run2"), "--device", device],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and needle in proc.stderr
