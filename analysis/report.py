@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=load.REPO / "REPRODUCTION.md", help="report path")
     args = ap.parse_args(argv)
+    suites = sorted({c.suite for c in CLAIMS})
+    if args.results is not None and not any((args.results / s).is_dir() for s in suites):
+        # judging a wrong folder would overwrite the report with "not yet run" everywhere
+        ap.error(f"--results {args.results} holds none of the suite folders ({', '.join(suites)})")
     verdicts = evaluate(args.results)
     args.out.write_text(render(verdicts, args.results))
     counts = pd.Series([v.verdict for v in verdicts]).value_counts().to_dict()

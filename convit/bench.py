@@ -534,14 +534,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             split_suffixes(name)
         except ValueError as err:
             parser.error(str(err))
+    from convit.distributed import DeviceError, resolve_device
+
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:N)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: torch sees no CUDA GPU on this machine (use --device cpu)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        resolve_device(args.device)
+    except DeviceError as err:
+        parser.error(f"--device: {err}")
     return args
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DeviceError", "DistContext", "all_reduce", "barrier", "setup", "teardown"]
+__all__ = ["DeviceError", "DistContext", "all_reduce", "barrier", "resolve_device", "setup", "teardown"]
 
 
 class DeviceError(RuntimeError):
@@ -52,29 +52,42 @@ def _env_int(name: str, default: int) -> int:
         raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from exc
 
 
+def resolve_device(requested: str) -> torch.device:
+    """An explicit device name (``cpu``, ``cuda``, ``cuda:N``) checked against this machine.
+
+    Raises :class:`DeviceError` for a name torch does not know, a CUDA device without a GPU, or an index
+    past the visible devices: the CLIs print it as one line instead of CUDA's initialisation traceback.
+    """
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"unknown device {requested!r} (use 'cpu', 'cuda' or 'cuda:N')")
+    if dev.type == "cpu":
+        return dev
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {requested!r} requested but torch sees no CUDA GPU here (use 'cpu')")
+    count = torch.cuda.device_count()
+    if (dev.index or 0) >= count:
+        raise DeviceError(f"device {requested!r} requested but only {count} CUDA device(s) are visible")
+    return dev
+
+
 def _pick_device(requested: str | None, local_rank: int) -> torch.device:
     """The device for this rank: ``cuda:LOCAL_RANK`` when CUDA is there, else CPU.
 
     submitit's ``export()`` restricts each task to a single visible GPU, so with one visible device we use
     ``cuda:0`` whatever the local rank is; with several visible devices (torchrun) the local rank picks one.
+    An explicit ``cpu`` or ``cuda:N`` is used as given (after :func:`resolve_device`'s checks).
     """
-    if requested is not None and requested.startswith("cpu"):
-        return torch.device("cpu")
     if requested is None and not torch.cuda.is_available():
         return torch.device("cpu")
-    if requested is not None and requested != "cuda" and not requested.startswith("cuda:"):
-        raise DeviceError(f"unknown device {requested!r} (use 'cpu', 'cuda' or 'cuda:N')")
-    if not torch.cuda.is_available():
-        raise DeviceError(f"device {requested!r} requested but torch sees no CUDA GPU here (use 'cpu')")
+    if requested is not None:
+        dev = resolve_device(requested)
+        if dev.type == "cpu" or dev.index is not None:
+            return dev
     count = torch.cuda.device_count()
-    if requested is not None and ":" in requested:
-        try:
-            dev = torch.device(requested)
-        except RuntimeError:
-            raise DeviceError(f"unknown device {requested!r} (use 'cpu', 'cuda' or 'cuda:N')") from None
-        if (dev.index or 0) >= count:
-            raise DeviceError(f"device {requested!r} requested but only {count} CUDA device(s) are visible")
-        return dev
     index = 0 if count == 1 else local_rank
     if index >= count:
         raise DeviceError(f"LOCAL_RANK={local_rank} but only {count} CUDA device(s) are visible")

@@ -282,8 +282,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from convit import models
+    from convit.distributed import DeviceError, resolve_device
 
     names = args.models.split(",") if args.models else _default_order(models.names())
+    unknown = [n for n in names if n not in models.names()]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; valid names: {', '.join(models.names())}")
+    try:
+        resolve_device(args.device)
+    except DeviceError as err:
+        parser.error(f"--device: {err}")
     cpu = torch.device(args.device).type == "cpu"
     batch = args.batch or (4 if cpu else 128)
     iters = args.iters or (3 if cpu else 30)

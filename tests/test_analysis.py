@@ -207,8 +207,14 @@ def test_report_masking_and_main_table(tmp_path: Path) -> None:
     assert v["T1-plus-growth"].verdict == report.NOT_REPRODUCED
 
 
-def test_report_cli_writes_markdown(tmp_path: Path) -> None:
+def test_report_cli_writes_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "REPRODUCTION.md"
+    out.write_text("a report worth keeping\n")
+    for wrong in (tmp_path / "nowhere", tmp_path):  # a typo, or a folder without suites: refused, not judged
+        with pytest.raises(SystemExit) as info:
+            report.main(["--results", str(wrong), "--out", str(out)])
+        assert info.value.code == 2 and "holds none of the suite folders" in capsys.readouterr().err
+    assert out.read_text() == "a report worth keeping\n"
     assert report.main(["--results", str(FIXTURE), "--out", str(out)]) == 0
     text = out.read_text()
     assert "| T2-shrink |" in text and "**reproduced**" in text and "**not yet run**" in text

@@ -183,7 +183,7 @@ def test_content_only_suffix_switches_off_the_positional_path(monkeypatch, capsy
 
 @pytest.mark.parametrize(
     ("device", "needle"),
-    [("foo", "is not a torch device"), ("cuda" if not torch.cuda.is_available() else "cuda:99", "CUDA")],
+    [("foo", "unknown device 'foo'"), ("cuda" if not torch.cuda.is_available() else "cuda:99", "CUDA")],
 )
 def test_bench_device_errors_are_one_line(device, needle, capsys):
     """A device this machine does not have is a usage error (exit 2, one line), not a CUDA traceback."""
@@ -191,3 +191,14 @@ def test_bench_device_errors_are_one_line(device, needle, capsys):
         bench.parse_args(["--models", "deit_tiny", "--device", device])
     err = capsys.readouterr().err
     assert info.value.code == 2 and needle in err and "Traceback" not in err
+
+
+def test_zoo_bad_model_or_device_is_one_line(capsys):
+    for argv, needle in (
+        (["--models", "convit_tiny,nope", "--no-throughput"], "unknown model(s) nope"),
+        (["--device", "tpu", "--no-throughput"], "unknown device 'tpu'"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            zoo.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and needle in err and "Traceback" not in err
