@@ -590,4 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the main of the importable module, not of this __main__ copy: convit.prepare raises
+    # convit.data.DataError, which __main__.DataError (a different class object) would not catch
+    from convit.data import main as _main
+
+    sys.exit(_main())

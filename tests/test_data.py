@@ -373,6 +373,17 @@ def test_cli_subprocess_and_bench(fixture_data_root: Path, capsys: pytest.Captur
         timeout=60,
     )
     assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "unknown dataset" in proc.stderr
+    # an error raised inside convit.prepare, through the real `python -m convit.data` entry point
+    elsewhere = fixture_data_root.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "convit.data", "prepare", "cifar10", "--root", str(elsewhere / "x"),
+         "--archives", str(elsewhere / "no-archives")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "archives folder" in proc.stderr and "does not exist" in proc.stderr
     assert data.main(["cifar10-fixture", "--root", str(fixture_data_root), "--archives", "unused"]) == 0
     rate = data.bench("cifar10-fixture", fixture_data_root, img_size=32, batch=16, workers=0, max_batches=2)
     assert rate > 0 and "images/s" in capsys.readouterr().out
