@@ -215,6 +215,12 @@ def load_suite(
         runs[col] = pd.to_numeric(runs[col], errors="coerce")
     runs["run"] = runs["run"].astype(str)
     runs["variant"] = runs["variant"].astype("object").where(runs["variant"].notna(), None)
+    for col in [c for c in runs.columns if c not in RUN_COLUMNS]:
+        # a numeric tag only some runs have (gpsa_layers: the Fig. 8 grid, not Table 3) reads as float
+        # because of the gaps; whole numbers go back to (nullable) integers so figures say 3, not 3.0
+        values = pd.to_numeric(runs[col], errors="coerce")
+        if values.notna().sum() == runs[col].notna().sum() > 0 and (values.dropna() % 1 == 0).all():
+            runs[col] = values.astype("Int64")
     runs["family"] = family(runs)
     curves = _read(base / f"{chosen}_curves.csv", CURVE_COLUMNS)
     locality = _read(base / f"{chosen}_locality.csv", LOCALITY_COLUMNS)

@@ -48,6 +48,23 @@ def test_reduced_beats_cpu_and_paper_beats_all(tmp_path: Path) -> None:
     assert load.load_suite("sample_efficiency", results_dir=root).scale == "reduced"
 
 
+def test_whole_number_tags_some_runs_lack_stay_integers(tmp_path: Path) -> None:
+    """A tag only some runs carry (the grid's gpsa_layers beside Table 3's rows) reads as float because of the
+    gaps; the loader gives whole numbers back as integers (figures say 3, not 3.0), and leaves other tags."""
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE / "sample_efficiency", root / "sample_efficiency")
+    cpu = pd.read_csv(root / "sample_efficiency" / "cpu.csv")
+    layers = [3 if i % 2 else None for i in range(len(cpu))]
+    strength = [0.1 if i % 2 else None for i in range(len(cpu))]
+    cpu.assign(gpsa_layers=layers, locality_strength=strength, row="a").to_csv(
+        root / "sample_efficiency" / "cpu.csv", index=False
+    )
+    runs = load.load_suite("sample_efficiency", results_dir=root).runs
+    assert str(runs["gpsa_layers"].dtype) == "Int64" and runs["gpsa_layers"].dropna().tolist()[0] == 3
+    assert runs["gpsa_layers"].isna().sum() == len(cpu) // 2
+    assert runs["locality_strength"].dtype == float and runs["row"].tolist()[0] == "a"
+
+
 def test_incomplete_runs_are_left_out_unless_asked(tmp_path: Path) -> None:
     """A run the collector marked incomplete (stopped mid-training) is not in runs, curves or verdicts."""
     root = tmp_path / "results"
