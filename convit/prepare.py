@@ -11,7 +11,6 @@ tree is never mistaken for a prepared one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -22,13 +21,13 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from convit import runlock
 from convit.data import (
     ENV_ARCHIVES,
     MARKER,
@@ -100,22 +99,6 @@ def _md5(path: Path) -> str:
 
 def _say(msg: str) -> None:
     print(f"[convit.data] {msg}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Exclusive lock so concurrent prepares of one dataset (several jobs on one node) do the work once."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _count_split(split_dir: Path) -> tuple[int, int]:
@@ -278,7 +261,8 @@ def prepare(
     if is_prepared(name, root) and not force:
         return final  # before any write: the root may be a read-only shared copy
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / f".{info.folder}.lock"):
+    # several jobs of one array may prepare on one node at once: the first does the work, the others wait
+    with runlock.exclusive(root / f".{info.folder}.lock"):
         if is_prepared(name, root) and not force:
             return final  # another process finished it while we waited
         for stale in root.glob(f".{info.folder}.partial-*"):

@@ -15,6 +15,7 @@ refuses locks the run goes ahead with a warning. The file's text (pid, host, tim
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK_FILE", "RunDirBusy", "holder", "hold"]
+__all__ = ["LOCK_FILE", "RunDirBusy", "exclusive", "holder", "hold"]
 
 LOCK_FILE = ".lock"
 
@@ -54,23 +55,23 @@ def _read(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir: Path, wait_s: float = 180.0, poll_s: float = 2.0) -> Iterator[None]:
-    """Hold ``workdir``'s lock for the duration of the ``with`` block; raise :class:`RunDirBusy` when another
-    process still holds it after ``wait_s`` seconds."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / LOCK_FILE
+def exclusive(
+    path: Path, wait_s: float = math.inf, poll_s: float = 2.0, busy: str | None = None
+) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created) for the ``with`` block, writing who holds it
+    into the file; raise :class:`RunDirBusy` when another process still holds it after ``wait_s`` seconds,
+    with ``busy`` as the message (``{holder}`` in it replaced). ``convit.prepare`` serialises with it too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + wait_s
         while (locked := _try_lock(fd)) is False and time.monotonic() < deadline:
             time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
         if locked is False:
-            raise RunDirBusy(
-                f"{workdir} is in use by {_read(path)}: another launch is training this run. Let it finish "
-                "(or stop it) before relaunching; its results will be collected like any other"
-            )
+            raise RunDirBusy((busy or f"{path} is locked by {{holder}}").replace("{holder}", _read(path)))
         if locked is None:
-            print(f"warning: cannot lock {path}; make sure no other process trains this run", file=sys.stderr)
+            print(f"warning: cannot lock {path}; nothing stops a second process here", file=sys.stderr)
         else:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             os.ftruncate(fd, 0)
@@ -78,6 +79,16 @@ def hold(workdir: Path, wait_s: float = 180.0, poll_s: float = 2.0) -> Iterator[
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def hold(workdir: Path, wait_s: float = 180.0, poll_s: float = 2.0) -> contextlib.AbstractContextManager:
+    """Hold ``workdir``'s lock for the duration of the ``with`` block; raise :class:`RunDirBusy` when another
+    process still holds it after ``wait_s`` seconds."""
+    busy = (
+        f"{workdir} is in use by {{holder}}: another launch is training this run. Let it finish (or stop it) "
+        "before relaunching; its results will be collected like any other"
+    )
+    return exclusive(workdir / LOCK_FILE, wait_s, poll_s, busy)
 
 
 def holder(workdir: Path) -> str | None:

@@ -201,13 +201,13 @@ def _describe(spec: RunSpec, flops: float) -> str:
         what = f"{spec.recipe.epochs} ep, batch {spec.recipe.batch_size}, peak lr {spec.recipe.peak_lr():.3g}"
         shape = f"{spec.resources.nodes}x{spec.resources.gpus_per_node}"
     note = ""
-    if estimate_hours(spec, flops) > estimate_hours(spec, flops, loader=False):
+    hours = estimate_hours(spec, flops)
+    if hours > estimate_hours(spec, flops, loader=False):
         note += f"  [loader-bound at {spec.resources.workers} workers]"
     if _is_distilled(spec):
         note += f"  [distilled from {_teacher_ref(spec)}]"
     return (
-        f"{run_name(spec):44s} {spec.model.name:18s} {data:34s} {what:42s} {shape:>5s} "
-        f"{estimate_hours(spec, flops):10.2f} h{note}"
+        f"{run_name(spec):44s} {spec.model.name:18s} {data:34s} {what:42s} {shape:>5s} {hours:10.2f} h{note}"
     )
 
 
@@ -578,9 +578,9 @@ def _list() -> int:
     print("estimated device-hours (runs) on each scale's device, one seed; --dry-run itemises them:")
     print(f"  {'':18s}" + "".join(f"{name:>16s}" for name in SCALES))
     for suite in SUITES:
-        cells = []
+        module, cells = load_suite(suite), []
         for name in SCALES:
-            specs = load_suite(suite).specs(name)
+            specs = module.specs(name)
             hours = sum(estimate_hours(spec, get_scale(name).flops_per_s) for spec in specs)
             cells.append(f"{_hours(hours)} ({len(specs)})")
         print(f"  {suite:18s}" + "".join(f"{cell:>16s}" for cell in cells))
