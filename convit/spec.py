@@ -140,12 +140,19 @@ class ResourceSpec:
     #: None: global batch / world size (no accumulation).
     per_device_batch: int | None = None
     workers: int = 8
-    #: wall-clock limit of one SLURM job (it requeues past it).
-    timeout_min: int = 60 * 24
+    #: wall-clock limit of one SLURM job (it requeues past it). None: the launcher derives it from the run's
+    #: estimated duration (or takes the cluster profile's), and checks it against the partition's limit.
+    timeout_min: int | None = None
+    #: True: deterministic GPU algorithms (``torch.use_deterministic_algorithms``, no cuDNN autotuning, math
+    #: SDPA backward), so a GPU run is bit-reproducible and resumes exactly, at a measured speed cost (see
+    #: README). CPU runs are deterministic either way.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1:
             raise SpecError("nodes and gpus_per_node must be >= 1")
+        if self.timeout_min is not None and self.timeout_min < 1:
+            raise SpecError(f"timeout_min must be >= 1 or null, got {self.timeout_min}")
 
 
 @dataclass(frozen=True)

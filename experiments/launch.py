@@ -392,7 +392,7 @@ def _run_batch(
 
     groups: dict[tuple[int, int, int, int], list[tuple[RunSpec, Path, Any]]] = {}
     for item in items:
-        key = (*_resources(item[0], args, profile), item[0].resources.timeout_min)
+        key = (*_resources(item[0], args, profile), item[0].resources.timeout_min or 60 * 24)
         groups.setdefault(key, []).append(item)
     failures: list[str] = []
     for (nodes, gpus, tasks, timeout), group in groups.items():
