@@ -1,13 +1,13 @@
-r"""The measurement behind the cpu scale's budget and regularisation (issue 20): learning curves of the baseline.
+r"""Why the cpu scale has its budget and regularisation (issue 20): the baseline's learning curves.
 
 Command::
 
     python experiments/cpu_budget.py --strength none light --fraction 1 [--seed 0]
 
-Trains the cpu scale's DeiT-Ti stand-in (the sample-efficiency suite's ``deit`` run) at fraction ``f`` once per
-regularisation strength of ``experiments.common.CPU_REGULARISATION``, two processes side by side, each in the
-run directory the launcher would give it: the run at the strength the scale adopts *is* the suite's run, so
-``launch.py sample_efficiency --scale cpu`` skips (or resumes) it instead of training it again.
+Trains the cpu scale's DeiT-Ti stand-in (the sample-efficiency suite's ``deit`` run) at fraction ``f``,
+once per regularisation strength of ``experiments.common.CPU_REGULARISATION``, two processes side by side,
+each in the run directory the launcher would give it: the run at the strength the scale adopts *is* the
+suite's run, so ``launch.py sample_efficiency --scale cpu`` skips (or resumes) it rather than train it anew.
 
 Why only the baseline: the scale is chosen by the competence gate of the reproduction report (the baseline
 above a linear classifier on raw pixels, training loss well below chance), never by which family wins. The
