@@ -16,6 +16,7 @@ directory because ``run()`` always resumes from its latest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import signal
 import sys
@@ -38,9 +39,14 @@ __all__ = [
     "Profile",
     "ProfileError",
     "TrainJob",
+    "check_cpus",
+    "cpus_needed",
+    "failure_line",
     "fresh_folder",
     "load_profile",
+    "srun_args",
     "submit",
+    "visible_gpus",
     "wait",
 ]
 
@@ -223,8 +229,10 @@ class TrainJob:
     so it travels with the job rather than in the spec.
     """
 
-    #: class-level default: a job pickled before ``teacher`` existed unpickles as an undistilled job
+    #: class-level defaults: a job pickled before ``teacher`` / ``device`` existed unpickles as an undistilled
+    #: job that picks its device itself
     teacher: Path | None = None
+    device: str | None = None
 
     def __init__(
         self,
@@ -232,14 +240,19 @@ class TrainJob:
         workdir: str | Path,
         data_root: str | Path | None = None,
         teacher: str | Path | None = None,
+        device: str | None = None,
     ) -> None:
         self.spec = spec
         self.workdir = Path(workdir)
         self.data_root = None if data_root is None else Path(data_root)
         self.teacher = None if teacher is None else Path(teacher)
+        #: ``run()``'s device; :func:`submit` sets ``"cuda"`` on the jobs it submits with GPUs, so a job whose
+        #: GPUs turn out unusable stops with a DeviceError instead of training on the CPU.
+        self.device = device
 
     def __repr__(self) -> str:
         extra = "" if self.teacher is None else f", teacher={str(self.teacher)!r}"
+        extra += "" if self.device is None else f", device={self.device!r}"
         return f"TrainJob(workdir={str(self.workdir)!r}, spec={self.spec.digest()}{extra})"
 
     def __eq__(self, other: object) -> bool:
@@ -249,10 +262,13 @@ class TrainJob:
             and other.workdir == self.workdir  # type: ignore[attr-defined]
             and other.data_root == self.data_root  # type: ignore[attr-defined]
             and other.teacher == self.teacher  # type: ignore[attr-defined]
+            and other.device == self.device  # type: ignore[attr-defined]
         )
 
     def __hash__(self) -> int:
-        return hash((self.spec.to_json(), str(self.workdir), str(self.data_root), str(self.teacher)))
+        return hash(
+            (self.spec.to_json(), str(self.workdir), str(self.data_root), str(self.teacher), self.device)
+        )
 
     # Subclasses (tests) may swap the engine; the real one is imported lazily so that submitting does not
     # need torch in the submitting process's hot path.
@@ -264,14 +280,18 @@ class TrainJob:
     def __call__(self) -> dict:
         env = _job_environment()
         if env is not None and env.num_tasks > 1:
-            # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for init_process_group("env://"), and one
-            # visible GPU per task.
-            submitit.helpers.TorchDistributedEnvironment().export()
+            # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for init_process_group("env://"). Not
+            # CUDA_VISIBLE_DEVICES: export() would set it to str(LOCAL_RANK), i.e. physical GPU r for rank
+            # r whatever GPUs SLURM gave the job (4-7, say), and no GPU at all for ranks >= 1 of a task that
+            # sees one; SLURM's own assignment stays, and convit.distributed picks cuda:LOCAL_RANK in it.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         run, preempted = self._engine()
         flag = _StopFlag(submitit.JobEnvironment._usr_sig())
         installed = flag.install()
-        # teacher= only when there is one: engines that predate distillation (and test doubles) keep working
-        extra = {} if self.teacher is None else {"teacher": self.teacher}
+        # teacher=/device= only when set: engines that predate them (and test doubles) keep working
+        extra: dict[str, Any] = {} if self.teacher is None else {"teacher": self.teacher}
+        if self.device is not None:
+            extra["device"] = self.device
         try:
             return run(
                 self.spec,
@@ -307,7 +327,7 @@ class TrainJob:
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on preemption or time-out: an identical fresh job; run() resumes by itself."""
         return submitit.helpers.DelayedSubmission(
-            type(self)(self.spec, self.workdir, self.data_root, self.teacher)
+            type(self)(self.spec, self.workdir, self.data_root, self.teacher, self.device)
         )
 
 
@@ -347,7 +367,19 @@ def submit(
     ``folder`` is a root for submitit's logs and pickles: each call makes a fresh subfolder in it (see
     :func:`fresh_folder`; ``jobs[0].paths.folder`` tells where). One task per GPU; on CPU-only nodes
     (``gpus_per_node=0``) ``tasks_per_node`` processes share the node's CPUs and train over gloo.
-    ``cpus_per_task`` defaults to the profile's ``cpus_per_gpu`` (1 without a profile).
+
+    CPUs (SLURM): ``cpus_per_task`` defaults to the profile's ``cpus_per_gpu``, or without a profile to what
+    the jobs need, their DataLoader workers + 1 (the training process); fewer than that is refused here in one
+    line, and the number is passed to ``srun`` too (srun does not inherit sbatch's ``--cpus-per-task`` on
+    SLURM 22.05-23.02, so the step would get 1 CPU per task). A job with several tasks runs under
+    ``srun --kill-on-bad-exit=1``: one crashed rank ends the step instead of leaving the others blocked in a
+    collective until the NCCL timeout.
+
+    GPUs: :class:`TrainJob` s submitted with ``gpus_per_node > 0`` are sent with ``device="cuda"``, so an
+    unusable GPU is a one-line DeviceError in the job rather than a silent CPU run. On the ``local``
+    executor every job gets its own ``gpus_per_node`` GPUs out of the visible ones (``CUDA_VISIBLE_DEVICES``,
+    else all of them), away from the GPUs of local jobs this process submitted that are still running;
+    submitit alone would put every job on GPUs 0..N-1 and ignore the user's ``CUDA_VISIBLE_DEVICES``.
     """
     if cluster not in CLUSTERS:
         raise JobError(f"unknown cluster {cluster!r}; choose one of {', '.join(CLUSTERS)}")
@@ -368,14 +400,11 @@ def submit(
     max_requeues = profile.max_requeues if profile is not None else DEFAULT_MAX_REQUEUES
     if profile is not None and profile.timeout_min is not None:
         timeout_min = min(timeout_min, profile.timeout_min)
-
-    executor = submitit.AutoExecutor(
-        folder=fresh_folder(folder),
-        cluster=cluster,
-        slurm_max_num_timeout=max_requeues,
-        local_max_num_timeout=max_requeues,
-    )
-    cpus = cpus_per_task or (profile.cpus_per_gpu if profile is not None else 1)
+    cpus = cpus_per_task or (profile.cpus_per_gpu if profile is not None else cpus_needed(jobs))
+    if cluster == "slurm":
+        check_cpus(jobs, cpus, profile if cpus_per_task is None else None)
+    if gpus_per_node:
+        jobs = [_with_device(job, "cuda") for job in jobs]
     params: dict[str, Any] = {
         "name": name,
         "timeout_min": timeout_min,
@@ -384,10 +413,18 @@ def submit(
         "cpus_per_task": cpus,
     }
     if cluster == "local":
-        params["gpus_per_node"] = gpus_per_node
+        return _submit_local(jobs, fresh_folder(folder), params, gpus_per_node, max_requeues)
+
+    executor = submitit.AutoExecutor(
+        folder=fresh_folder(folder),
+        cluster=cluster,
+        slurm_max_num_timeout=max_requeues,
+        local_max_num_timeout=max_requeues,
+    )
     if cluster == "slurm":
         if gpus_per_node:
             params["slurm_gres"] = f"gpu:{gpus_per_node}"
+        params["slurm_srun_args"] = srun_args(cpus, nodes * tasks_per_node)
         if profile is not None:
             params.update(_slurm_profile_parameters(profile, len(jobs)))
             if profile.mem_per_gpu_gb is not None:
@@ -400,6 +437,107 @@ def submit(
     with executor.batch():
         for job in jobs:
             submitted.append(executor.submit(job))
+    return submitted
+
+
+def srun_args(cpus_per_task: int, num_tasks: int) -> list[str]:
+    """The options submitit's ``srun`` line needs: the CPUs per task (not inherited from sbatch on SLURM
+    22.05-23.02) and, for several tasks, ``--kill-on-bad-exit=1`` (a crashed rank ends the whole step)."""
+    args = [f"--cpus-per-task={cpus_per_task}"]
+    if num_tasks > 1:
+        args.append("--kill-on-bad-exit=1")
+    return args
+
+
+def cpus_needed(jobs: Sequence[Any]) -> int:
+    """CPUs one task of these jobs needs: its DataLoader workers + 1 for the training process itself."""
+    workers = [job.spec.resources.workers for job in jobs if isinstance(getattr(job, "spec", None), RunSpec)]
+    return max(workers, default=0) + 1
+
+
+def check_cpus(jobs: Sequence[Any], cpus_per_task: int, profile: Profile | None = None) -> None:
+    """Refuse CPUs per task that cannot feed the jobs' DataLoader workers (workers + 1), in one line."""
+    need = cpus_needed(jobs)
+    if cpus_per_task >= need:
+        return
+    source = f"profile {profile.source} (cpus_per_gpu)" if profile is not None else "the submission"
+    raise JobError(
+        f"{source} gives {cpus_per_task} CPU(s) per task, but these runs use {need - 1} DataLoader worker(s) "
+        f"per task and need {need} (workers + 1); raise the CPUs per task or use a scale with fewer workers"
+    )
+
+
+def _with_device(job: Any, device: str) -> Any:
+    """A copy of a :class:`TrainJob` that must run on ``device`` (other callables are sent as they are)."""
+    if not isinstance(job, TrainJob) or job.device is not None:
+        return job
+    return type(job)(job.spec, job.workdir, job.data_root, job.teacher, device)
+
+
+# Local GPU slots: the GPUs each still-running local job of this process holds (so a refilled slot of
+# ``launch.py --parallel N`` gets GPUs no running job uses).
+_LOCAL_GPUS: list[tuple[submitit.Job, tuple[int, ...]]] = []
+_LOCAL_GPUS_LOCK = threading.Lock()
+
+
+def visible_gpus() -> list[int]:
+    """Indices of the GPUs this process may hand to local jobs: ``CUDA_VISIBLE_DEVICES`` if set (as CUDA
+    reads it: up to the first negative entry), else every GPU torch sees."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    indices: list[int] = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        try:
+            index = int(entry)
+        except ValueError:
+            raise JobError(
+                f"CUDA_VISIBLE_DEVICES={value!r} names GPUs by UUID; the local executor hands out GPU "
+                "indices: list them by index (nvidia-smi -L shows both)"
+            ) from None
+        if index < 0:
+            break
+        indices.append(index)
+    return indices
+
+
+def _local_slots(count: int, gpus_per_node: int) -> list[tuple[int, ...]]:
+    """GPUs for ``count`` new local jobs of ``gpus_per_node`` GPUs each, none held by a running local job."""
+    with _LOCAL_GPUS_LOCK:
+        _LOCAL_GPUS[:] = [(job, gpus) for job, gpus in _LOCAL_GPUS if not job.done()]
+        busy = {g for _, gpus in _LOCAL_GPUS for g in gpus}
+    visible = visible_gpus()
+    free = [g for g in visible if g not in busy]
+    if len(free) < count * gpus_per_node:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"CUDA_VISIBLE_DEVICES={shown!r}" if shown is not None else "torch.cuda.device_count()"
+        raise JobError(
+            f"{count} local run(s) x {gpus_per_node} GPU(s) need {count * gpus_per_node} free GPU(s): "
+            f"{len(visible)} visible ({where}), {len(visible) - len(free)} held by running local jobs; "
+            "lower --parallel"
+        )
+    return [tuple(free[i * gpus_per_node : (i + 1) * gpus_per_node]) for i in range(count)]
+
+
+def _submit_local(
+    jobs: Sequence[Any], folder: Path, params: dict[str, Any], gpus_per_node: int, max_requeues: int
+) -> list[submitit.Job]:
+    """One local job per callable, each with its own GPUs (submitit's ``visible_gpus``, which AutoExecutor
+    does not pass through, hence the LocalExecutor itself)."""
+    executor = submitit.LocalExecutor(folder=folder, max_num_timeout=max_requeues)
+    slots = _local_slots(len(jobs), gpus_per_node) if gpus_per_node else [()] * len(jobs)
+    submitted = []
+    for job, gpus in zip(jobs, slots, strict=True):
+        executor.update_parameters(**params, gpus_per_node=gpus_per_node, visible_gpus=gpus)
+        handle = executor.submit(job)
+        if gpus:
+            with _LOCAL_GPUS_LOCK:
+                _LOCAL_GPUS.append((handle, gpus))
+        submitted.append(handle)
     return submitted
 
 
@@ -480,9 +618,18 @@ def _state(job: submitit.Job) -> str:
         return "UNKNOWN"
 
 
+def failure_line(error: BaseException) -> str:
+    """The one line that says why a submitted job failed: for submitit's FailedJobError, the last line of
+    the job's traceback (``convit.distributed.DeviceError: ...``), not the log paths its message ends with."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    separators = [i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"-"}]
+    if len(separators) >= 2 and separators[1] > separators[0] + 1:
+        return lines[separators[1] - 1].strip()
+    return lines[-1].strip() if lines else type(error).__name__
+
+
 def _failure_message(job: submitit.Job, error: BaseException, lines: int = 30) -> str:
-    head = str(error).strip().splitlines()
-    summary = head[-1] if head else type(error).__name__
+    summary = failure_line(error)
     tail = ""
     try:
         text = job.stderr() or ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -210,3 +211,165 @@ def test_failed_job_raises_with_its_log(tmp_path: Path) -> None:
     with pytest.raises(jobs.JobError, match=r"failed") as info:
         jobs.wait(submitted, poll_s=0.5, timeout_s=300)
     assert "stderr tail" in str(info.value) and "cifar10-fixture" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ CPUs, srun
+def test_too_few_cpus_per_task_is_refused_in_one_line(tmp_path: Path) -> None:
+    spec = smoke_spec()
+    hungry = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, workers=8))
+    profile = jobs.load_profile(PROFILES / "local.yaml")  # 1 CPU per task
+    with pytest.raises(
+        jobs.JobError, match=r"gives 1 CPU\(s\) per task.* 8 DataLoader worker\(s\).* need 9"
+    ) as info:
+        jobs.submit(
+            [jobs.TrainJob(hungry, tmp_path / "run")], cluster="slurm", folder=tmp_path, profile=profile
+        )
+    assert "\n" not in str(info.value) and "local.yaml" in str(info.value)
+    with pytest.raises(jobs.JobError, match="gives 4 CPU"):
+        jobs.submit(
+            [jobs.TrainJob(hungry, tmp_path / "run")], cluster="slurm", folder=tmp_path, cpus_per_task=4
+        )
+    assert not any(tmp_path.iterdir())  # refused before any submitit folder was made
+    assert jobs.cpus_needed([jobs.TrainJob(hungry, tmp_path / "run"), jobs.TrainJob(spec, tmp_path)]) == 9
+
+
+def test_example_profile_feeds_the_paper_scale_workers() -> None:
+    from experiments.common import get_scale
+
+    profile = jobs.load_profile(PROFILES / "example.yaml")
+    assert profile.cpus_per_gpu >= get_scale("paper").workers + 1
+    assert profile.cpus_per_gpu >= get_scale("reduced").workers + 1
+
+
+def test_srun_gets_the_cpus_and_kill_on_bad_exit() -> None:
+    assert jobs.srun_args(11, 1) == ["--cpus-per-task=11"]
+    assert jobs.srun_args(11, 16) == ["--cpus-per-task=11", "--kill-on-bad-exit=1"]
+
+
+# ------------------------------------------------------------------------------------------------ GPUs
+class _EnvProbe:
+    """A submitted callable that reports what its process sees (after sleeping, to hold its GPUs a while)."""
+
+    def __init__(self, sleep_s: float = 0.0) -> None:
+        self.sleep_s = sleep_s
+
+    def __call__(self) -> dict:
+        import time
+
+        time.sleep(self.sleep_s)
+        return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+class _EnvJob(jobs.TrainJob):
+    """A TrainJob whose engine reports the environment each task trains in instead of training."""
+
+    def _engine(self):  # type: ignore[override]
+        def run(spec, workdir, *, data_root=None, should_stop=None, device=None):
+            return {
+                "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "local_rank": os.environ.get("LOCAL_RANK"),
+                "world_size": os.environ.get("WORLD_SIZE"),
+                "device": device,
+            }
+
+        return run, _FakeStop
+
+
+@pytest.fixture
+def importable_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local jobs unpickle callables defined in this module: let their processes import it."""
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests") + (os.pathsep + path if path else ""))
+
+
+def test_visible_gpus_reads_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6,7")
+    assert jobs.visible_gpus() == [4, 6, 7]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,-1,2")  # CUDA stops at the first invalid entry
+    assert jobs.visible_gpus() == [0, 1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert jobs.visible_gpus() == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f6a1c2e-0000")
+    with pytest.raises(jobs.JobError, match="by UUID"):
+        jobs.visible_gpus()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # faked: a 3-GPU workstation
+    assert jobs.visible_gpus() == [0, 1, 2]
+    assert jobs._local_slots(3, 1) == [(0,), (1,), (2,)]
+    assert jobs._local_slots(1, 2) == [(0, 1)]
+    with pytest.raises(jobs.JobError, match=r"2 local run\(s\) x 2 GPU\(s\) need 4 free GPU\(s\): 3 visible"):
+        jobs._local_slots(2, 2)
+
+
+@pytest.mark.slow
+def test_local_slots_get_their_own_gpus(tmp_path: Path, monkeypatch, importable_tests) -> None:
+    """Real local jobs: each slot sees its own GPU out of the user's CUDA_VISIBLE_DEVICES (submitit alone
+    gives every job CUDA_VISIBLE_DEVICES=0), and a slot is handed out again once its job has ended."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    first = jobs.submit(
+        [_EnvProbe(8.0), _EnvProbe(8.0)], cluster="local", folder=tmp_path, gpus_per_node=1, timeout_min=5
+    )
+    with pytest.raises(jobs.JobError, match="held by running local jobs; lower --parallel"):
+        jobs.submit([_EnvProbe()], cluster="local", folder=tmp_path, gpus_per_node=1, timeout_min=5)
+    assert [r["visible"] for r in jobs.wait(first, poll_s=0.5, timeout_s=120)] == ["3", "5"]
+    again = jobs.submit([_EnvProbe()], cluster="local", folder=tmp_path, gpus_per_node=1, timeout_min=5)
+    assert jobs.wait(again, poll_s=0.5, timeout_s=120)[0]["visible"] == "3"
+    cpu = jobs.submit([_EnvProbe()], cluster="local", folder=tmp_path, timeout_min=5)
+    assert jobs.wait(cpu, poll_s=0.5, timeout_s=120)[0]["visible"] == ""  # no GPUs asked: none visible
+
+
+@pytest.mark.slow
+def test_multi_task_job_keeps_the_assigned_gpus(tmp_path: Path, monkeypatch, importable_tests) -> None:
+    """submitit's real TorchDistributedEnvironment().export() in a real 2-task job: every rank still sees
+    the job's GPUs (export() would have set CUDA_VISIBLE_DEVICES to its LOCAL_RANK), and the job is sent
+    with device="cuda" because it was submitted with GPUs."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,7")
+    job = _EnvJob(smoke_spec(), tmp_path / "run")
+    [submitted] = jobs.submit(
+        [job], cluster="local", folder=tmp_path / "sub", gpus_per_node=2, tasks_per_node=2, timeout_min=5
+    )
+    submitted.wait()
+    results = submitted.results()
+    assert [r["visible"] for r in results] == ["6,7", "6,7"]
+    assert sorted(r["local_rank"] for r in results) == ["0", "1"] and results[0]["world_size"] == "2"
+    assert {r["device"] for r in results} == {"cuda"}
+    assert job.device is None  # the caller's job is left as it was
+
+
+@pytest.mark.slow
+def test_gpu_job_without_usable_cuda_fails_in_one_line(
+    tmp_path: Path, monkeypatch, fixture_data_root
+) -> None:
+    """A job submitted with a GPU on a machine whose CUDA cannot run: it stops before touching its run
+    directory, and the failure's summary line is the DeviceError (not submitit's log paths)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    workdir = tmp_path / "run"
+    submitted = jobs.submit(
+        [jobs.TrainJob(smoke_spec(), workdir, fixture_data_root)],
+        cluster="local",
+        folder=tmp_path / "sub",
+        gpus_per_node=1,
+        timeout_min=5,
+    )
+    with pytest.raises(jobs.JobError) as info:
+        jobs.wait(submitted, poll_s=0.5, timeout_s=300)
+    first = str(info.value).splitlines()[0]
+    assert "DeviceError: device 'cuda' requested but torch sees no CUDA GPU here" in first
+    assert not workdir.exists()
+
+
+def test_failure_line_finds_the_exception_in_submitits_message() -> None:
+    error = submitit.core.utils.FailedJobError(
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
+        'call last):\n  File "x.py", line 1\nconvit.distributed.DeviceError: no GPU\n\n'
+        "----------------------\n"
+        "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /a.err\n  - /a.out"
+    )
+    assert jobs.failure_line(error) == "convit.distributed.DeviceError: no GPU"
+    assert jobs.failure_line(RuntimeError("plain\nlast line")) == "last line"

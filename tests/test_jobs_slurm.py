@@ -1,0 +1,77 @@
+"""convit.jobs on the real SLURM test cluster (``bash slurm/cluster.sh start``): what reaches ``srun``.
+
+A crashed rank of a multi-task job ends the step at once (``srun --kill-on-bad-exit=1``) instead of leaving
+the other ranks blocked in a collective until the NCCL timeout; the CPUs per task are on the srun line as
+well as in ``#SBATCH`` (srun does not inherit them on SLURM 22.05-23.02). Skipped when no cluster answers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from convit import jobs
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "slurm" / "profiles" / "local.yaml"
+#: how long the surviving rank would sleep without kill-on-bad-exit
+SURVIVOR_SLEEP_S = 150.0
+
+
+def _cluster_problem() -> str | None:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"sinfo failed ({error}): run `bash slurm/cluster.sh start`"
+    states = [s.rstrip("*") for s in out.stdout.split()]
+    if out.returncode != 0 or not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable SLURM node ({out.stderr.strip() or states}): run `bash slurm/cluster.sh start`"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster() -> None:
+    problem = _cluster_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+class CrashOneRank:
+    """Rank 1 fails at once; rank 0 stands for a rank waiting in an all-reduce (it sleeps)."""
+
+    def __call__(self) -> str:
+        if submitit.JobEnvironment().global_rank == 1:
+            raise RuntimeError("rank 1 crashed")
+        time.sleep(SURVIVOR_SLEEP_S)
+        return "rank 0 slept its full time"
+
+
+def test_a_crashed_rank_ends_the_whole_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = os.environ.get("PYTHONPATH")  # the job unpickles CrashOneRank from this module
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests") + (os.pathsep + path if path else ""))
+    profile = jobs.load_profile(PROFILE)
+    [job] = jobs.submit(
+        [CrashOneRank()], cluster="slurm", folder=tmp_path, profile=profile, tasks_per_node=2, timeout_min=5
+    )
+    script = job.paths.submission_file.read_text()
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--kill-on-bad-exit=1" in srun and f"--cpus-per-task={profile.cpus_per_gpu}" in srun
+    assert f"#SBATCH --cpus-per-task={profile.cpus_per_gpu}" in script
+    start = None
+    deadline = time.monotonic() + 240
+    while not job.done() and time.monotonic() < deadline:
+        if start is None and job.state == "RUNNING":
+            start = time.monotonic()
+        time.sleep(1.0)
+    assert job.done(), f"job {job.job_id} still {job.state}"
+    ran = time.monotonic() - (start or deadline - 240)
+    # Without --kill-on-bad-exit rank 0 would sleep SURVIVOR_SLEEP_S; with it, srun kills it once rank 1 dies
+    assert ran < SURVIVOR_SLEEP_S / 2, f"the job ran {ran:.0f} s"
+    assert job.state in ("FAILED", "CANCELLED", "COMPLETED") or job.state.startswith("CANCELLED")
