@@ -50,6 +50,7 @@ __all__ = [
     "ZooModel",
     "axis_features",
     "conv_init_pos_weight",
+    "flush_subnormal_factors",
     "is_local_attention",
     "relative_indices",
 ]
@@ -122,6 +123,20 @@ def conv_init_pos_weight(num_heads: int, locality_strength: float = 1.0) -> Tens
     return weight * locality_strength
 
 
+def flush_subnormal_factors(p: Tensor) -> bool:
+    """Whether GPSA zeroes the subnormal entries of its positional factors ``p`` before the two GEMMs.
+
+    A conv-init factor has subnormal tails (exp(-alpha * r^2)), and x86 CPUs run matmuls on subnormal
+    operands several times slower (``convit.bench``'s history: part of the 0.59 -> 0.81 step of ConViT-Ti);
+    zeroing them changes an fp32 output by less than 1e-38 per term. Only on a CPU and only for fp32, bf16
+    and fp64, whose subnormals are the slow ones. Not on a GPU: subnormals cost nothing there and the
+    flush would be a compare and a masked_fill per layer and forward for nothing. Never for fp16: its
+    smallest normal is 6.1e-5, so the flush would zero real attention weights (168 of ConViT-Ti's 1568
+    factor entries at init), and CPUs compute fp16 matmuls in fp32, where fp16 subnormals are normal.
+    """
+    return p.device.type == "cpu" and p.dtype != torch.float16
+
+
 def conv_init_offsets(num_heads: int) -> Tensor:
     """Attention centres Delta_h = (dx, dy) in patch units of the convolutional init, shape [H, 2]."""
     w = conv_init_pos_weight(num_heads, 1.0)
@@ -177,9 +192,13 @@ class MHSA(nn.Module):
 class _LocalAttention(nn.Module):
     """Shared body of GPSA and PSA: content projections ``qk`` / ``v``, ``pos_proj``, relative positions.
 
-    Only sees the N patch tokens of a square grid. ``rel_indices`` is a non-persistent buffer ([N, N, 3])
-    built for the construction-time grid and rebuilt when a different N arrives; it follows ``.to()`` and
-    is cast to ``pos_proj``'s dtype when used.
+    Only sees the N patch tokens of a square grid. ``rel_indices`` ([N, N, 3], the reference path's
+    features) and ``axis_feats`` ([2, g, g, 3], the fast path's, see :func:`axis_features`) are
+    non-persistent buffers built for the construction-time grid and rebuilt when a different N arrives.
+    They are functions of the grid alone (small integers, exact in every float dtype), never of a
+    parameter, so they cannot go stale after an optimiser step; as buffers they follow ``.to()`` (device
+    and dtype) and ``deepcopy``, stay out of the state_dict (timm and checkpoint compatibility) and are cast
+    to ``pos_proj``'s dtype when used (a no-op unless autocast or a partial cast made them differ).
     """
 
     def __init__(
@@ -213,6 +232,7 @@ class _LocalAttention(nn.Module):
         self.pos_proj = nn.Linear(3, num_heads)
         self.proj_drop = nn.Dropout(proj_drop)
         self.register_buffer("rel_indices", relative_indices(grid_size), persistent=False)
+        self.register_buffer("axis_feats", axis_features(grid_size), persistent=False)
 
     def _make_gate(self, num_heads: int, gating_init: float, train_gating: bool) -> None:
         """Hook for GPSA's gate; registered first so the parameter order equals timm's."""
@@ -232,9 +252,11 @@ class _LocalAttention(nn.Module):
             self.pos_proj.weight.copy_(w)
 
     def init_non_persistent_buffers(self) -> None:
-        """Recompute ``rel_indices`` (needed after ``to_empty`` materialises a meta-device model)."""
+        """Recompute ``rel_indices`` and ``axis_feats`` (needed after ``to_empty`` materialises a meta-device
+        model)."""
         grid = math.isqrt(self.rel_indices.shape[0])
         self.rel_indices = relative_indices(grid, device=self.pos_proj.weight.device)
+        self.axis_feats = axis_features(self.axis_feats.shape[1], device=self.pos_proj.weight.device)
 
     # --- pieces ------------------------------------------------------------------------------------------
     def _rel(self, n: int) -> Tensor:
@@ -265,7 +287,9 @@ class _LocalAttention(nn.Module):
         grid = math.isqrt(n)
         if grid * grid != n:
             raise ModelError(f"{type(self).__name__} needs a square patch grid, got {n} tokens")
-        feats = axis_features(grid, device=self.pos_proj.weight.device, dtype=self.pos_proj.weight.dtype)
+        if self.axis_feats.shape[1] != grid:
+            self.axis_feats = axis_features(grid, device=self.pos_proj.weight.device)
+        feats = self.axis_feats.to(self.pos_proj.weight.dtype)
         return self.pos_proj(feats).softmax(dim=2).permute(0, 3, 1, 2)
 
     def _positional_values(self, v: Tensor) -> Tensor:
@@ -276,15 +300,15 @@ class _LocalAttention(nn.Module):
         path's one copy), then the columns (``P_cols`` broadcast over images and rows, one [g, g] @ [g, d]
         GEMM each, so the intermediate is never transposed either way). That is 2 g multiply-adds
         per output element instead of g^2, measured ~3x faster than ``P @ v`` for ConViT-Ti at 224 px,
-        forward + backward, on a CPU (``python -m convit.bench``). Factor entries below the smallest normal
-        float are set to 0: a conv-init factor has subnormal tails (exp(-alpha * r^2)), and x86 CPUs run
-        matmuls on subnormal operands several times slower; zeroing them changes the output by less than
-        1e-38 per term.
+        forward + backward, on a CPU (``python -m convit.bench``). On a CPU, factor entries below the smallest
+        normal float are set to 0 (:func:`flush_subnormal_factors`).
         """
         b, h, n, d = v.shape
         grid = math.isqrt(n)
         p = self.positional_factors(n).to(v.dtype)
-        p_cols, p_rows = p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
+        if flush_subnormal_factors(p):
+            p = p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
+        p_cols, p_rows = p
         t = p_rows.unsqueeze(0) @ v.reshape(b, h, grid, grid * d)  # [B, H, rows, cols * d]
         out = p_cols.view(1, h, 1, grid, grid) @ t.view(b, h, grid, grid, d)  # [B, H, rows, cols, d]
         return out.view(b, h, n, d)
