@@ -21,8 +21,11 @@ Why it is built this way:
   batch with random labels, in train mode with the recipe's stochastic depth (``--drop-path``, default 0.1,
   applied to every model so they do the same work). **Inference** = eval-mode forward under
   ``torch.inference_mode``. bf16 means ``torch.autocast`` with fp32 weights, as in training.
-- **Memory.** On GPU: ``torch.cuda.max_memory_allocated`` over one training step (weights, grads, AdamW
-  state, activations and workspace), after ``reset_peak_memory_stats``. On every device, also the
+- **Memory.** On GPU: the peak of ``torch.cuda.max_memory_allocated`` over one training step (weights,
+  grads, AdamW state, batch, activations and workspace) *minus the memory allocated before that model was
+  built*. Every model stays alive for the interleaved rounds, and ``reset_peak_memory_stats`` resets the
+  peak to the current allocation, which holds the earlier models' weights, optimiser state and batch: a
+  raw peak would grow with the model's position in ``--models`` (issue 15). On every device, also the
   *activation memory* of one training forward: the bytes of the distinct storages autograd saves for
   backward (``torch.autograd.graph.saved_tensors_hooks``), excluding parameter storages. On CPU this is the
   meaningful number: ``tracemalloc`` does not see torch's allocator, and RSS deltas are dominated by the
@@ -300,17 +303,29 @@ class _Runner:
         _sync(self.device)
         return self.images.shape[0] * iters / (time.perf_counter() - start)
 
-    def memory(self) -> None:
+    def memory(self, baseline: int) -> None:
+        """Activation memory, and on CUDA the peak of one training and one inference step above
+        ``baseline``, the bytes allocated before this model was built (see the module docstring)."""
         res = self.result
         amp = _autocast(self.device, self.dtype)
         res.activation_mb = activation_bytes(self.eager, self.images, self.labels, amp) / 2**20
-        if self.device.type == "cuda":
+        if _cuda_memory_stats(self.device):
             for step, attr in ((self.train_step, "peak_train_mb"), (self.infer_step, "peak_infer_mb")):
                 _sync(self.device)
                 torch.cuda.reset_peak_memory_stats(self.device)
                 step()
                 _sync(self.device)
-                setattr(res, attr, torch.cuda.max_memory_allocated(self.device) / 2**20)
+                setattr(res, attr, (torch.cuda.max_memory_allocated(self.device) - baseline) / 2**20)
+
+
+def _cuda_memory_stats(device: torch.device) -> bool:
+    """Whether ``torch.cuda``'s allocator statistics describe ``device`` (a seam for the tests)."""
+    return device.type == "cuda"
+
+
+def _allocated(device: torch.device) -> int:
+    """Bytes the CUDA caching allocator has handed out now (0 where there are no such statistics)."""
+    return torch.cuda.memory_allocated(device) if _cuda_memory_stats(device) else 0
 
 
 @contextlib.contextmanager
@@ -333,12 +348,15 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     with _quiet_compile_cache() if args.compile else contextlib.nullcontext():
         runners = []
         for name in args.models:
+            gc.collect()  # nothing of an earlier model's construction lingers in the baseline
+            _sync(device)
+            baseline = _allocated(device)  # the earlier models, all alive for the rounds
             runner = _Runner(name, args, device)
             t0 = time.perf_counter()
             for _ in range(args.warmup):
                 runner.train_step()
                 runner.infer_step()
-            runner.memory()
+            runner.memory(baseline)
             log(f"  built + warmed {name} ({time.perf_counter() - t0:.1f} s warm-up)")
             runners.append(runner)
         for r in range(args.rounds):
