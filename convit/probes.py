@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "MAX_MAP_BYTES",
     "MODES",
     "attention_maps",
     "centre_distances",
@@ -40,12 +41,19 @@ __all__ = [
     "locality_probes",
     "nonlocality",
     "patch_distances",
+    "probe_chunk",
     "positional_attention",
     "relative_positions",
 ]
 
 #: the two ways of feeding the attention modules (see the module docstring and ``convit.spec.ProbeSpec``).
 MODES = ("propagated", "patch_embed")
+
+#: default bound on the bytes of one block's fp32 [b, H, N, N] attention map in :func:`locality_probes`: the
+#: probe batch is split into chunks of images whose map fits (issue 15). A paper-scale probe (ConViT-B, 16
+#: heads, 197 tokens, 2.5 MB per image) of 1000 images would otherwise hold ~2.5 GB per map, several times
+#: over in GPSA's reference matrix; at cpu scale (small grids, 64 images) the batch is one chunk.
+MAX_MAP_BYTES = 64 * 2**20
 
 Grid = int | Sequence[int]
 
@@ -291,8 +299,26 @@ def attention_maps(model: nn.Module, images: Tensor, mode: str = "propagated") -
         return _run_attention(model, x, mode, lambda i, attn, inp: attn.attention_map(inp).float())
 
 
+def probe_chunk(model: nn.Module, batch: int, max_map_bytes: int | None = MAX_MAP_BYTES) -> int:
+    """Images per chunk such that one block's fp32 attention map of a chunk stays within ``max_map_bytes``.
+
+    Per image a block's map is H x N x N floats, N = patches + prefix tokens (the class token of the MHSA
+    blocks); the bound uses the largest H of the model. At least one image; the whole batch when
+    ``max_map_bytes`` is None or the model's geometry is unknown (no ``patch_embed.grid_size``).
+    """
+    model = _unwrap(model)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if max_map_bytes is None or grid is None:
+        return batch
+    rows, cols = _grid(tuple(grid))
+    tokens = rows * cols + int(getattr(model, "num_prefix_tokens", 1))
+    heads = max((int(getattr(b.attn, "num_heads", 1)) for b in model.blocks), default=1)
+    per_image = heads * tokens * tokens * 4
+    return max(1, min(batch, max_map_bytes // per_image))
+
+
 def locality_probes(
-    model: nn.Module, images: Tensor, mode: str = "propagated"
+    model: nn.Module, images: Tensor, mode: str = "propagated", *, max_map_bytes: int | None = MAX_MAP_BYTES
 ) -> dict[str, list[list[float]]]:
     """Everything the engine logs per epoch, as plain lists (JSON-ready).
 
@@ -300,17 +326,34 @@ def locality_probes(
     layer], "centre_distance": [[||Delta_h||] per GPSA layer]}``; the last two are empty lists for models
     without GPSA (DeiT). Nonlocality follows :func:`nonlocality` (class token excluded, its mass not
     renormalised). One forward of the batch plus one attention map per block, reduced as it is produced.
+
+    Memory: the batch runs in chunks of :func:`probe_chunk` images (one block's map within
+    ``max_map_bytes``; ``None``: one chunk), so the peak does not grow with the probe batch. Nonlocality is
+    a batch mean, linear in the maps, so the chunks' means weighted by their sizes give the same number up
+    to fp32 rounding (accumulated in float64); a batch that fits one chunk takes the unchunked path
+    exactly. In eval mode each image's forward is independent of the others (no batch statistics).
     """
     model = _unwrap(model)
+    chunk = probe_chunk(model, images.shape[0], max_map_bytes)
     with _probe_context(model, images) as x:
 
-        def reduce(i: int, attn: nn.Module, inp: Tensor) -> list[float]:
+        def reduce(i: int, attn: nn.Module, inp: Tensor) -> Tensor:
             amap = attn.attention_map(inp)
             n_tokens = amap.shape[-1]
             grid = _grid_of(model, n_tokens)
-            return nonlocality(amap, grid).cpu().tolist()
+            return nonlocality(amap, grid)
 
-        nonloc = _run_attention(model, x, mode, reduce)
+        if chunk >= x.shape[0]:
+            nonloc = [d.cpu().tolist() for d in _run_attention(model, x, mode, reduce)]
+        else:
+            sums: list[Tensor] | None = None
+            for part in x.split(chunk):
+                means = _run_attention(model, part, mode, reduce)
+                weighted = [m.double() * part.shape[0] for m in means]
+                sums = weighted if sums is None else [a + w for a, w in zip(sums, weighted, strict=True)]
+                del means, weighted
+            assert sums is not None
+            nonloc = [(total / x.shape[0]).float().cpu().tolist() for total in sums]
     return {
         "nonlocality": nonloc,
         "gate_sigma": gate_sigma(model),
