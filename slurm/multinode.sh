@@ -189,7 +189,9 @@ write_if_changed() {  # write_if_changed FILE MODE (content on stdin): keeps mti
     if [[ -f $1 ]] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; return 0; fi
     install -m "$2" "$tmp" "$1"
     rm -f "$tmp"
+    CONFIG_CHANGED=1
 }
+CONFIG_CHANGED=0
 
 write_config() {
     mkdir -p "$ETC" "$STATE"/{log,run,ctld,spool}
@@ -236,8 +238,8 @@ SchedulerParameters=sched_interval=5,bf_interval=5
 # comes back returns to service by itself.
 JobRequeue=1
 ReturnToService=2
-# A node that stops answering is DOWN after 20 s (default 300), so a dead node is noticed within a test.
-SlurmdTimeout=20
+# A node that stops answering is DOWN after 10 s (default 300), so a dead node is noticed within a test.
+SlurmdTimeout=10
 KillWait=10
 MinJobAge=300
 InactiveLimit=0
@@ -368,8 +370,9 @@ cmd_start() {
     [[ $(id -u) == 0 ]] || die "must run as root"
     mkdir -p "$STATE/log"
     chmod 755 "$STATE"
-    local t0=$SECONDS n
+    local t0=$SECONDS n was_running=0
     install_packages
+    running "$STATE/run/slurmctld.pid" && was_running=1
     write_config
     net_up
     start_munge
@@ -377,6 +380,10 @@ cmd_start() {
     start_slurmdbd
     start_slurmctld
     for n in "${NODES[@]}"; do start_slurmd "$n"; done
+    if [[ $CONFIG_CHANGED == 1 && $was_running == 1 ]]; then
+        log "slurm.conf changed: scontrol reconfigure"
+        scontrol reconfigure
+    fi
     wait_for 90 "both nodes idle in sinfo" nodes_ready
     log "ready in $((SECONDS - t0)) s: $(sinfo -h -N -o '%N %T %c CPUs' | paste -sd ' ' -) " \
         "(export SLURM_CONF=$CONF)"
