@@ -2,8 +2,11 @@
 rule in words and a ``check`` that implements exactly that rule on tidy results (see :mod:`analysis.report`,
 which judges them all and writes ``REPRODUCTION.md``).
 
-Adding a claim: write ``check_*`` (raise :class:`Missing` when the runs it needs are absent), read the paper's
-numbers from ``results/paper/`` in a ``_paper_*`` function, and append a :class:`Claim` to :data:`CLAIMS`.
+Adding a claim: write ``check_*`` (raise :class:`Missing` when the runs it needs are absent; state the rule
+as per-seed :class:`analysis.gate.Comparison` s, each a quantity that must be positive), read the paper's
+numbers from ``results/paper/`` in a ``_paper_*`` function, and append a :class:`Claim` to :data:`CLAIMS`
+(with its gate scope: the fraction its baseline is judged at, and for gating/locality claims the families
+whose probes must have moved; see :mod:`analysis.gate`).
 """
 
 from __future__ import annotations
@@ -15,18 +18,22 @@ import numpy as np
 import pandas as pd
 
 from analysis import load
+from analysis.gate import Comparison, paired
 
 LOCALITY_SOURCES = load.LOCALITY_SOURCES
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a check found: whether the rule holds, our numbers as text, seeds behind them, extra caveat."""
+    """What a check found: whether the rule holds on the seed means, our numbers as text, seeds behind them,
+    extra caveat, and the rule as per-seed comparisons (each must be positive for the rule to hold), from
+    which :func:`analysis.gate.judge` decides whether the seeds allow a verdict."""
 
     holds: bool
     ours: str
     seeds: int
     caveat: str = ""
+    comparisons: tuple[Comparison, ...] = ()
 
 
 class Missing(Exception):  # noqa: N818 - a signal, not an error
@@ -51,6 +58,11 @@ class Claim:
     check: Callable[[load.SuiteResults], Outcome]
     #: for locality claims: look through these suites for probes instead of only ``suite``.
     sources: tuple[str, ...] = ()
+    #: the claim's largest fraction, where the gate judges the baseline: "largest" (the suite's) or
+    #: "smallest_below_1" (claims judged at the reduced-data fraction only)
+    gate_scope: str = "largest"
+    #: gating/locality claims: the families whose sigma(lambda) / nonlocality must have moved
+    gate_locality: tuple[str, ...] = ()
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -64,9 +76,53 @@ def _min_seeds(summary: pd.DataFrame) -> int:
     return int(summary["n"].min()) if len(summary) else 0
 
 
+def _seeds(runs: pd.DataFrame, keys: list[str], value: str = "top1") -> pd.DataFrame:
+    """Per-seed values: one row per seed, one column per configuration ``keys`` (mean over duplicate runs).
+
+    The comparisons of :mod:`analysis.gate` pair seeds across configurations with these tables (seed s of
+    ConViT against seed s of DeiT). A run without a seed counts as seed -1.
+    """
+    if runs.empty:
+        return pd.DataFrame()
+    runs = runs.assign(seed=pd.to_numeric(runs["seed"], errors="coerce").fillna(-1))
+    return runs.pivot_table(index="seed", columns=keys, values=value, aggfunc="mean")
+
+
+def _get(table: pd.DataFrame, key: object) -> pd.Series:
+    """A column of a :func:`_seeds` table, or an empty series when that configuration has no run."""
+    return table[key] if key in table.columns else pd.Series(dtype=float)
+
+
+def _diff(table: pd.DataFrame, a: object, b: object, label: str, unit: str = "pts") -> Comparison:
+    """The comparison "column a - column b > 0", paired by seed."""
+    return Comparison(label, paired(_get(table, a), _get(table, b)), unit)
+
+
+def _per_seed_tau(table: pd.DataFrame) -> dict[float, float]:
+    """Kendall's tau between the column labels (numbers) and each seed's values, per seed (>= 2 values)."""
+    out = {}
+    for seed, row in table.iterrows():
+        row = row.dropna()
+        if len(row) >= 2:
+            out[float(seed)] = _kendall_tau([float(c) for c in row.index], list(row.values))
+    return out
+
+
 def _family_means(res: load.SuiteResults, keys: list[str]) -> pd.DataFrame:
     runs = res.runs[res.runs["family"].isin(["convit", "deit"])]
     return load.seed_summary(runs, [*keys, "family"])
+
+
+def _fraction_seeds(res: load.SuiteResults) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-seed top-1 by (fraction, family) and the per-seed relative gap (ConViT - DeiT) / DeiT in % by
+    fraction, for the ConViT and DeiT runs."""
+    runs = res.runs[res.runs["family"].isin(["convit", "deit"])]
+    t = _seeds(runs, ["fraction", "family"])
+    gaps = {}
+    for f in sorted({k[0] for k in t.columns}):
+        c, d = _get(t, (f, "convit")), _get(t, (f, "deit"))
+        gaps[f] = (c - d) / d * 100
+    return t, pd.DataFrame(gaps)
 
 
 def _gaps_by_fraction(res: load.SuiteResults) -> pd.DataFrame:
@@ -123,8 +179,9 @@ def _noise_caveat(summary: pd.DataFrame, key: str, pairs: list[tuple[str, str]])
     return f"within seed noise: {', '.join(close)}" if close else ""
 
 
-def _pairs_by_size(res: load.SuiteResults, only_plus: bool = False) -> pd.DataFrame:
-    """Pair ConViT and DeiT runs of the same size by model name (``convit_small`` <-> ``deit_small``)."""
+def _pairs_by_size(res: load.SuiteResults, only_plus: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pair ConViT and DeiT runs of the same size by model name (``convit_small`` <-> ``deit_small``):
+    seed means side by side (sorted by parameters) and the per-seed top-1 table by (size, family)."""
     runs = res.runs[res.runs["family"].isin(["convit", "deit"])].copy()
     if "task" in runs.columns:  # released-weights evaluations are not training results
         runs = runs[runs["task"].fillna("train") != "eval"]
@@ -140,7 +197,7 @@ def _pairs_by_size(res: load.SuiteResults, only_plus: bool = False) -> pd.DataFr
     params = runs.groupby("size")["params"].max()
     out["params"] = params.reindex(out.index)
     out["gain_pct"] = (out["convit"] - out["deit"]) / out["deit"] * 100
-    return out.sort_values("params")
+    return out.sort_values("params"), _seeds(runs, ["size", "family"])
 
 
 # --- paper numbers (read from results/paper) -----------------------------------------------------------
@@ -243,6 +300,8 @@ def check_t2_smallest(res: load.SuiteResults) -> Outcome:
     g = _gaps_by_fraction(res)
     f = g.index.min()
     r = g.loc[f]
+    t, gaps = _fraction_seeds(res)
+    comps = [_diff(t, (f, "convit"), (f, "deit"), f"f={f:g}: ConViT - DeiT")]
     holds = r["gap_pct"] > 0
     caveat = ""
     if res.scale == "paper":
@@ -251,18 +310,28 @@ def check_t2_smallest(res: load.SuiteResults) -> Outcome:
             target = paper["gap_pct"].iloc[0]
             holds = holds and abs(r["gap_pct"] - target) <= 10
             caveat = f"paper-scale magnitude check: |gap - {target:.1f}| <= 10 points"
+            per_seed = _get(gaps, f).dropna()
+            comps.append(
+                Comparison(
+                    f"10 - |rel. gap - {target:.1f}|",
+                    {float(s): 10 - abs(v - target) for s, v in per_seed.items()},
+                    "pts",
+                )
+            )
         else:
             caveat = "smallest fraction differs from the paper's 5%: direction only"
     else:
         caveat = f"tested at fraction {f:g} (the paper's is 0.05)" if not np.isclose(f, 0.05) else ""
     ours = f"{f:g}: ConViT {_fmt(r['convit'])} vs DeiT {_fmt(r['deit'])} ({r['gap_pct']:+.1f}% rel.)"
-    return Outcome(bool(holds), ours, int(r["n"]), caveat)
+    return Outcome(bool(holds), ours, int(r["n"]), caveat, tuple(comps))
 
 
 def check_t2_every(res: load.SuiteResults) -> Outcome:
     g = _gaps_by_fraction(res)
+    t, _ = _fraction_seeds(res)
+    comps = tuple(_diff(t, (f, "convit"), (f, "deit"), f"f={f:g}: ConViT - DeiT") for f in g.index)
     ours = "; ".join(f"{f:g}: {_fmt(r['convit'])} vs {_fmt(r['deit'])}" for f, r in g.iterrows())
-    return Outcome(bool((g["convit"] > g["deit"]).all()), ours, int(g["n"].min()))
+    return Outcome(bool((g["convit"] > g["deit"]).all()), ours, int(g["n"].min()), comparisons=comps)
 
 
 def check_t2_shrink(res: load.SuiteResults) -> Outcome:
@@ -271,15 +340,24 @@ def check_t2_shrink(res: load.SuiteResults) -> Outcome:
         raise Missing("needs at least two fractions")
     tau = _kendall_tau(list(g.index), list(g["gap_pct"]))
     holds = g["gap_pct"].iloc[0] > g["gap_pct"].iloc[-1] and tau < 0
+    _, gaps = _fraction_seeds(res)
+    gaps = gaps[[f for f in g.index if f in gaps.columns]]
+    lo, hi = g.index[0], g.index[-1]
+    comps = (
+        _diff(gaps, lo, hi, f"rel. gap f={lo:g} - f={hi:g}", "% rel."),
+        Comparison("-(Kendall tau of fraction vs gap)", {s: -v for s, v in _per_seed_tau(gaps).items()}, ""),
+    )
     ours = (
         "gap %: "
         + ", ".join(f"{f:g}: {v:+.1f}" for f, v in g["gap_pct"].items())
         + f" (Kendall tau {tau:+.2f})"
     )
-    return Outcome(bool(holds), ours, int(g["n"].min()))
+    return Outcome(bool(holds), ours, int(g["n"].min()), comparisons=comps)
 
 
-def _ablation_means(res: load.SuiteResults, which: str) -> tuple[pd.DataFrame, float]:
+def _ablation_means(res: load.SuiteResults, which: str) -> tuple[pd.DataFrame, float, pd.DataFrame]:
+    """Seed summary by ablation row at the small (< 1) or full fraction, the fraction, and its per-seed
+    top-1 table (columns: rows)."""
     runs = res.runs
     if "row" not in runs.columns:
         runs = runs.assign(row=runs["variant"])
@@ -295,15 +373,15 @@ def _ablation_means(res: load.SuiteResults, which: str) -> tuple[pd.DataFrame, f
         if not fractions or not np.isclose(fractions[-1], 1.0):
             raise Missing("no full-data ablation runs (fraction 1)")
         f = fractions[-1]
-    s = load.seed_summary(runs[np.isclose(runs["fraction"], f)], ["row"])
-    return s, f
+    at = runs[np.isclose(runs["fraction"], f)]
+    return load.seed_summary(at, ["row"]), f, _seeds(at, ["row"])
 
 
 def _ordering(chain: str, which: str) -> Callable[[load.SuiteResults], Outcome]:
     """Check the strict ordering ``chain`` (e.g. "abde" means a > b > d > e) on seed means."""
 
     def check(res: load.SuiteResults) -> Outcome:
-        s, f = _ablation_means(res, which)
+        s, f, t = _ablation_means(res, which)
         by = s.set_index("row")
         absent = [r for r in chain if r not in by.index]
         if absent:
@@ -312,13 +390,16 @@ def _ordering(chain: str, which: str) -> Callable[[load.SuiteResults], Outcome]:
         holds = all(x > y for x, y in zip(means, means[1:], strict=False))
         ours = f"fraction {f:g}: " + ", ".join(f"{r} {_fmt(m)}" for r, m in zip(chain, means, strict=True))
         pairs = list(zip(chain, chain[1:], strict=False))
-        return Outcome(holds, ours, int(by.loc[list(chain), "n"].min()), _noise_caveat(s, "row", pairs))
+        comps = tuple(_diff(t, a, b, f"{a} - {b}") for a, b in pairs)
+        return Outcome(
+            holds, ours, int(by.loc[list(chain), "n"].min()), _noise_caveat(s, "row", pairs), comps
+        )
 
     return check
 
 
 def check_t3_full(res: load.SuiteResults) -> Outcome:
-    s, f = _ablation_means(res, "full")
+    s, f, t = _ablation_means(res, "full")
     by = s.set_index("row")
     need = list("abcde")
     absent = [r for r in need if r not in by.index]
@@ -327,14 +408,21 @@ def check_t3_full(res: load.SuiteResults) -> Outcome:
     m = by["mean"]
     holds = m["a"] == m[need].max() and all(m[r] > m["e"] for r in "abcd")
     ours = "full: " + ", ".join(f"{r} {_fmt(m[r])}" for r in need)
+    comps = tuple(_diff(t, "a", r, f"a - {r}") for r in "bcde") + tuple(
+        _diff(t, r, "e", f"{r} - e") for r in "bcd"
+    )
     return Outcome(
-        bool(holds), ours, int(by.loc[need, "n"].min()), _noise_caveat(s, "row", [("a", "b"), ("d", "e")])
+        bool(holds),
+        ours,
+        int(by.loc[need, "n"].min()),
+        _noise_caveat(s, "row", [("a", "b"), ("d", "e")]),
+        comps,
     )
 
 
 def check_t3_frozen(res: load.SuiteResults) -> Outcome:
-    small, fs = _ablation_means(res, "small")
-    full, ff = _ablation_means(res, "full")
+    small, fs, ts = _ablation_means(res, "small")
+    full, ff, tf = _ablation_means(res, "full")
     ms, mf = small.set_index("row"), full.set_index("row")
     for frame, f in ((ms, fs), (mf, ff)):
         absent = [r for r in "efg" if r not in frame.index]
@@ -350,31 +438,46 @@ def check_t3_frozen(res: load.SuiteResults) -> Outcome:
         for m, f in ((ms, fs), (mf, ff))
     )
     seeds = int(min(ms.loc[list("efg"), "n"].min(), mf.loc[list("efg"), "n"].min()))
-    return Outcome(bool(holds), ours, seeds)
+    comps = (
+        _diff(ts, "f", "g", f"{fs:g}: f - g"),
+        _diff(tf, "f", "g", f"{ff:g}: f - g"),
+        _diff(ts, "f", "e", f"{fs:g}: f - e"),
+    )
+    return Outcome(bool(holds), ours, seeds, comparisons=comps)
 
 
 def check_t1(only_plus: bool) -> Callable[[load.SuiteResults], Outcome]:
     def check(res: load.SuiteResults) -> Outcome:
-        p = _pairs_by_size(res, only_plus)
+        p, t = _pairs_by_size(res, only_plus)
         ours = "; ".join(
             f"{s}: {_fmt(r['convit'])} vs {_fmt(r['deit'])} ({r['gain_pct']:+.2f}%)" for s, r in p.iterrows()
         )
-        return Outcome(bool((p["convit"] > p["deit"]).all()), ours, int(p["n"].min()))
+        comps = tuple(_diff(t, (s, "convit"), (s, "deit"), f"{s}: ConViT - DeiT") for s in p.index)
+        return Outcome(bool((p["convit"] > p["deit"]).all()), ours, int(p["n"].min()), comparisons=comps)
 
     return check
 
 
 def check_t1_growth(res: load.SuiteResults) -> Outcome:
-    p = _pairs_by_size(res, only_plus=True)
+    p, t = _pairs_by_size(res, only_plus=True)
     if len(p) < 2:
         raise Missing("needs at least two + sizes")
     gains = list(p["gain_pct"])
     holds = all(b > a for a, b in zip(gains, gains[1:], strict=False))
     ours = "gain %: " + ", ".join(f"{s} {g:+.2f}" for s, g in zip(p.index, gains, strict=True))
-    return Outcome(holds, ours, int(p["n"].min()))
+    per_seed = {
+        s: (_get(t, (s, "convit")) - _get(t, (s, "deit"))) / _get(t, (s, "deit")) * 100 for s in p.index
+    }
+    sizes = list(p.index)
+    comps = tuple(
+        Comparison(f"gain {b} - gain {a}", paired(per_seed[b], per_seed[a]), "% rel.")
+        for a, b in zip(sizes, sizes[1:], strict=False)
+    )
+    return Outcome(holds, ours, int(p["n"].min()), comparisons=comps)
 
 
-def _sweep(res: load.SuiteResults, axis: str) -> pd.DataFrame:
+def _sweep(res: load.SuiteResults, axis: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed summary of top-1 along ``axis`` of the Fig. 8 grid, and its per-seed table (columns: axis)."""
     runs = res.runs
     if "gpsa_layers" not in runs.columns or "locality_strength" not in runs.columns:
         raise Missing("needs gpsa_layers and locality_strength tag columns")
@@ -384,20 +487,22 @@ def _sweep(res: load.SuiteResults, axis: str) -> pd.DataFrame:
         sel = runs[a.isna() | np.isclose(a.fillna(1.0), 1.0) | (g == 0)]
     else:
         sel = runs[(g == g.max()) & a.notna()]
-    s = load.seed_summary(sel.assign(**{axis: pd.to_numeric(sel[axis], errors="coerce")}), [axis]).dropna(
-        subset=[axis]
-    )
+    sel = sel.assign(**{axis: pd.to_numeric(sel[axis], errors="coerce").astype(float)}).dropna(subset=[axis])
+    s = load.seed_summary(sel, [axis])
     if len(s) < 2:
         raise Missing(f"needs at least two values of {axis}")
-    return s.sort_values(axis)
+    return s.sort_values(axis), _seeds(sel, [axis])
 
 
 def check_f8(axis: str) -> Callable[[load.SuiteResults], Outcome]:
     def check(res: load.SuiteResults) -> Outcome:
-        s = _sweep(res, axis)
+        s, t = _sweep(res, axis)
         tau = _kendall_tau(list(s[axis]), list(s["mean"]))
         ours = ", ".join(f"{v:g}: {_fmt(m)}" for v, m in zip(s[axis], s["mean"], strict=True))
-        return Outcome(tau > 0, f"{axis} -> top-1: {ours} (Kendall tau {tau:+.2f})", _min_seeds(s))
+        comps = (Comparison(f"Kendall tau ({axis} vs top-1)", _per_seed_tau(t), ""),)
+        return Outcome(
+            tau > 0, f"{axis} -> top-1: {ours} (Kendall tau {tau:+.2f})", _min_seeds(s), comparisons=comps
+        )
 
     return check
 
@@ -426,7 +531,11 @@ def check_f8_early(res: load.SuiteResults) -> Outcome:
         f"epoch {int(epoch)}: {int(hi)} GPSA {_fmt(at.at[hi, 'mean'])} vs {int(lo)} GPSA "
         f"{_fmt(at.at[lo, 'mean'])} (x{ratio:.2f})"
     )
-    return Outcome(bool(at.at[hi, "mean"] > at.at[lo, "mean"]), ours, int(at["count"].min()))
+    t = _seeds(c[c["epoch"] == epoch], ["g"], "val_top1")
+    comps = (_diff(t, hi, lo, f"epoch {int(epoch)}: {int(hi)} GPSA - {int(lo)} GPSA"),)
+    return Outcome(
+        bool(at.at[hi, "mean"] > at.at[lo, "mean"]), ours, int(at["count"].min()), comparisons=comps
+    )
 
 
 def _final_locality(res: load.SuiteResults, fam: str) -> pd.DataFrame:
@@ -460,8 +569,29 @@ def check_f6_sigma(res: load.SuiteResults) -> Outcome:
         f"{late[0] + 1}-{late[-1] + 1}: max {late_max:.2f}; max single-head sigma in layers "
         f"{early[0] + 1}-{early[-1] + 1}: {early_best:.2f}"
     )
+    seed_head = _seeds(last, ["layer", "head"], "gate_sigma")  # seed x (layer, head)
+    comps = [
+        Comparison(
+            f"0.1 - sigma L{layer + 1}",
+            {float(s): 0.1 - v for s, v in seed_head[layer].mean(axis=1).dropna().items()},
+            "",
+        )
+        for layer in late
+    ]
+    best = seed_head[[c for c in seed_head.columns if c[0] in early]].max(axis=1).dropna()
+    comps.append(
+        Comparison(
+            f"max sigma L{early[0] + 1}-{early[-1] + 1} - 0.5",
+            {float(s): v - 0.5 for s, v in best.items()},
+            "",
+        )
+    )
     return Outcome(
-        holds, ours, int(last["run"].nunique()), "layers numbered from 1; later half of GPSA layers"
+        holds,
+        ours,
+        int(last["run"].nunique()),
+        "layers numbered from 1; later half of GPSA layers",
+        tuple(comps),
     )
 
 
@@ -471,12 +601,28 @@ def _nonloc_per_layer(loc: pd.DataFrame, when: str) -> pd.Series:
     return sel.groupby(["run", "layer"])["nonlocality"].mean().groupby("layer").mean()
 
 
+def _nonloc_seeds(loc: pd.DataFrame, when: str) -> pd.DataFrame:
+    """Head-mean nonlocality at each run's first or last probe: one row per seed, one column per layer."""
+    ep = loc.groupby("run")["epoch"].transform("max" if when == "last" else "min")
+    return _seeds(loc[loc["epoch"] == ep].dropna(subset=["nonlocality"]), ["layer"], "nonlocality")
+
+
+def _diff_frames(a: pd.DataFrame, b: pd.DataFrame, key: object, label: str, unit: str) -> Comparison:
+    """The comparison "a[key] - b[key] > 0" between two per-seed tables, paired by seed."""
+    return Comparison(label, paired(_get(a, key), _get(b, key)), unit)
+
+
 def check_f5_end(res: load.SuiteResults) -> Outcome:
     conv, deit = _final_locality(res, "convit"), _final_locality(res, "deit")
     c, d = _nonloc_per_layer(conv, "last").mean(), _nonloc_per_layer(deit, "last").mean()
     seeds = int(min(conv["run"].nunique(), deit["run"].nunique()))
+    cs, ds = _nonloc_seeds(conv, "last").mean(axis=1), _nonloc_seeds(deit, "last").mean(axis=1)
+    comps = (Comparison("DeiT - ConViT layer-mean nonlocality", paired(ds, cs), "patches"),)
     return Outcome(
-        bool(c < d), f"layer-mean nonlocality at the last epoch: ConViT {c:.2f} vs DeiT {d:.2f}", seeds
+        bool(c < d),
+        f"layer-mean nonlocality at the last epoch: ConViT {c:.2f} vs DeiT {d:.2f}",
+        seeds,
+        comparisons=comps,
     )
 
 
@@ -494,7 +640,9 @@ def check_f5_grow(res: load.SuiteResults) -> Outcome:
         + ", ".join(f"L{layer + 1} {first[layer]:.2f}->{last[layer]:.2f}" for layer in layers)
         + ")"
     )
-    return Outcome(len(grew) == len(layers), ours, int(conv["run"].nunique()))
+    fs, ls = _nonloc_seeds(conv, "first"), _nonloc_seeds(conv, "last")
+    comps = tuple(_diff_frames(ls, fs, layer, f"L{layer + 1} last - first", "patches") for layer in layers)
+    return Outcome(len(grew) == len(layers), ours, int(conv["run"].nunique()), comparisons=comps)
 
 
 def _mask_kind(series: pd.Series) -> pd.Series:
@@ -544,10 +692,13 @@ def check_t5(res: load.SuiteResults) -> Outcome:
         f"{f}: {w.at[f, 'pos_embed']:.1f} masked vs {w.at[f, 'none']:.1f} ({drop[f] * 100:.0f}% rel. drop)"
         for f in ("convit", "deit")
     )
-    return Outcome(bool(drop["convit"] < drop["deit"]), ours, _min_seeds(s))
+    t = _seeds(runs, ["family", "mask"])
+    drops = {f: (1 - _get(t, (f, "pos_embed")) / _get(t, (f, "none"))) * 100 for f in ("convit", "deit")}
+    comps = (Comparison("DeiT drop - ConViT drop", paired(drops["deit"], drops["convit"]), "% rel."),)
+    return Outcome(bool(drop["convit"] < drop["deit"]), ours, _min_seeds(s), comparisons=comps)
 
 
-def _t6_table(res: load.SuiteResults) -> tuple[pd.DataFrame, int]:
+def _t6_table(res: load.SuiteResults) -> tuple[pd.DataFrame, int, pd.DataFrame]:
     runs = res.runs
     if "layers_masked" not in runs.columns:
         raise Missing("no layers_masked column")
@@ -558,26 +709,35 @@ def _t6_table(res: load.SuiteResults) -> tuple[pd.DataFrame, int]:
     w = s.pivot_table(index="k", columns="mask", values="mean").dropna()
     if w.empty or not {"content", "position"} <= set(w.columns):
         raise Missing("needs content- and position-masked evaluations")
-    return w.sort_index(), _min_seeds(s)
+    return w.sort_index(), _min_seeds(s), _seeds(runs, ["k", "mask"])
 
 
 def check_t6_order(res: load.SuiteResults) -> Outcome:
-    w, n = _t6_table(res)
+    w, n, t = _t6_table(res)
     ours = "; ".join(
         f"k={int(k)}: content {r['content']:.1f}, position {r['position']:.1f}" for k, r in w.iterrows()
     )
-    return Outcome(bool((w["content"] < w["position"]).all()), ours, n)
+    comps = tuple(
+        _diff(t, (k, "position"), (k, "content"), f"k={int(k)}: position - content") for k in w.index
+    )
+    return Outcome(bool((w["content"] < w["position"]).all()), ours, n, comparisons=comps)
 
 
 def check_t6_depth(res: load.SuiteResults) -> Outcome:
-    w, n = _t6_table(res)
+    w, n, t = _t6_table(res)
     if len(w) < 2:
         raise Missing("needs at least two values of k")
     holds = bool((w["content"].diff().dropna() < 0).all() and (w["position"].diff().dropna() < 0).all())
     ours = "; ".join(
         f"k={int(k)}: content {r['content']:.1f}, position {r['position']:.1f}" for k, r in w.iterrows()
     )
-    return Outcome(holds, ours, n)
+    ks = list(w.index)
+    comps = tuple(
+        _diff(t, (a, m), (b, m), f"{m}: k={int(a)} - k={int(b)}")
+        for m in ("content", "position")
+        for a, b in zip(ks, ks[1:], strict=False)
+    )
+    return Outcome(holds, ours, n, comparisons=comps)
 
 
 def check_f9(res: load.SuiteResults) -> Outcome:
@@ -595,7 +755,12 @@ def check_f9(res: load.SuiteResults) -> Outcome:
         f"epoch {int(e0)}: PSA {w.at[e0, 'psa']:.1f} vs DeiT {w.at[e0, 'deit']:.1f}; epoch {int(e1)}: "
         f"PSA {w.at[e1, 'psa']:.1f} vs DeiT {w.at[e1, 'deit']:.1f}"
     )
-    return Outcome(bool(holds), ours, int(c.groupby("family")["run"].nunique().min()))
+    t = _seeds(c, ["epoch", "family"], "val_top1")
+    comps = (
+        _diff(t, (e0, "psa"), (e0, "deit"), f"epoch {int(e0)}: PSA - DeiT"),
+        _diff(t, (e1, "deit"), (e1, "psa"), f"epoch {int(e1)}: DeiT - PSA"),
+    )
+    return Outcome(bool(holds), ours, int(c.groupby("family")["run"].nunique().min()), comparisons=comps)
 
 
 def check_t4(res: load.SuiteResults) -> Outcome:
@@ -617,7 +782,9 @@ def check_t4(res: load.SuiteResults) -> Outcome:
     if w.empty:
         raise Missing("no model has both")
     ours = "; ".join(f"{m}: {r['none']:.1f} -> {r['hard']:.1f}" for m, r in w.iterrows())
-    return Outcome(bool((w["hard"] > w["none"]).all()), ours, _min_seeds(s))
+    t = _seeds(runs.assign(kind=kind), ["model", "kind"])
+    comps = tuple(_diff(t, (m, "hard"), (m, "none"), f"{m}: distilled - not") for m in w.index)
+    return Outcome(bool((w["hard"] > w["none"]).all()), ours, _min_seeds(s), comparisons=comps)
 
 
 CLAIMS: list[Claim] = [
@@ -687,6 +854,7 @@ CLAIMS: list[Claim] = [
         "Strict ordering of seed-mean top-1 of rows a, b, d, e at the smallest fraction < 1.",
         _paper_table3(0.1, "abde"),
         _ordering("abde", "small"),
+        gate_scope="smallest_below_1",
     ),
     Claim(
         "T3-small-conv",
@@ -696,6 +864,7 @@ CLAIMS: list[Claim] = [
         "Strict ordering of seed-mean top-1 of rows a, c, d at the smallest fraction < 1.",
         _paper_table3(0.1, "acd"),
         _ordering("acd", "small"),
+        gate_scope="smallest_below_1",
     ),
     Claim(
         "T3-full",
@@ -755,6 +924,7 @@ CLAIMS: list[Claim] = [
         _paper_sigma,
         check_f6_sigma,
         LOCALITY_SOURCES,
+        gate_locality=("convit",),
     ),
     Claim(
         "F5-end",
@@ -766,6 +936,7 @@ CLAIMS: list[Claim] = [
         _text("curves only (y 3-7 patches)"),
         check_f5_end,
         LOCALITY_SOURCES,
+        gate_locality=("convit", "deit"),
     ),
     Claim(
         "F5-grow",
@@ -776,6 +947,7 @@ CLAIMS: list[Claim] = [
         _text("curves only"),
         check_f5_grow,
         LOCALITY_SOURCES,
+        gate_locality=("convit",),
     ),
     Claim(
         "T5",

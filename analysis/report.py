@@ -7,10 +7,15 @@ Usage::
 
 Why rules are code: a verdict must be regenerated from ``results/`` by one command and must not depend on who
 reads the plots. Each :class:`Claim` states its rule in words (printed in the report) and implements exactly
-that rule in its ``check`` function. Verdicts:
+that rule in its ``check`` function. Verdicts (the gate and the intervals are :mod:`analysis.gate`'s):
 
-* ``reproduced``: the rule holds on the seed means of our runs;
-* ``not reproduced``: the data needed by the rule exists and the rule fails;
+* ``inconclusive (under-trained)``: the claim's runs fail its competence gate (the DeiT baseline does not
+  beat a linear classifier on pixels, its training loss is not well below chance, or, for gating/locality
+  claims, sigma(lambda) and nonlocality did not move): the scale cannot tell, whatever the means say;
+* ``reproduced``: the gate passes and every per-seed comparison of the rule has its 95% interval above 0;
+* ``not reproduced``: the gate passes and some comparison has its 95% interval below 0;
+* ``inconclusive (within noise)``: the gate passes but the seeds do not separate the effect from 0 (one
+  seed always lands here: no interval);
 * ``not yet run``: the suite has no results at any scale, or lacks the runs the rule needs.
 
 Quantitative claims ("by 37%") are judged on direction only below ``paper`` scale, because a CIFAR-10 or
@@ -28,12 +33,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import load
+from analysis import gate, load
 from analysis.claims import CLAIMS, Claim, Missing
+from analysis.gate import NOT_REPRODUCED, NOT_RUN, REPRODUCED, UNDER_TRAINED, VERDICTS, WITHIN_NOISE
 
-REPRODUCED = "reproduced"
-NOT_REPRODUCED = "not reproduced"
-NOT_RUN = "not yet run"
+__all__ = [
+    "NOT_REPRODUCED",
+    "NOT_RUN",
+    "REPRODUCED",
+    "UNDER_TRAINED",
+    "VERDICTS",
+    "WITHIN_NOISE",
+    "Verdict",
+    "evaluate",
+    "main",
+    "render",
+    "summary",
+    "verdict_table",
+]
 #: hand-written reading of the results, included verbatim in the report when it exists in the results folder
 INTERPRETATION = "interpretation.md"
 
@@ -53,6 +70,10 @@ class Verdict:
     paper: str
     verdict: str
     caveat: str
+    #: the competence gate's criteria with their figures ("" when the claim was not judged)
+    gate: str = ""
+    #: each per-seed comparison of the rule with its mean and 95% interval over paired seeds
+    gaps: str = ""
 
 
 def _scale_caveat(res: load.SuiteResults) -> str:
@@ -110,14 +131,21 @@ def evaluate(results_dir: str | Path | None = None) -> list[Verdict]:
         caveat = "; ".join(x for x in (_scale_caveat(res), o.caveat) if x)
         if o.seeds < 2:
             caveat += "; single seed"
+        g = gate.competence_gate(res, c.gate_scope, c.gate_locality, rdir)
+        verdict = gate.judge(o.comparisons) if g.passed else UNDER_TRAINED
+        if verdict == WITHIN_NOISE and not o.comparisons:
+            caveat += "; the check states no per-seed comparison"
+        rule_on_means = "holds" if o.holds else "fails"
         out.append(
             Verdict(
                 **base,
                 scale=res.scale,
                 seeds=o.seeds,
-                ours=o.ours,
-                verdict=REPRODUCED if o.holds else NOT_REPRODUCED,
+                ours=f"{o.ours} (rule on seed means: {rule_on_means})",
+                verdict=verdict,
                 caveat=caveat,
+                gate=g.text(),
+                gaps="; ".join(x.text() for x in o.comparisons) or "-",
             )
         )
     return out
@@ -127,13 +155,56 @@ def _cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
+def _table(verdicts: list[Verdict]) -> list[str]:
+    """The claims table: our numbers, the per-seed gaps with their intervals, the gate, the verdict."""
+    lines = [
+        "| id | claim | paper ref | scale | seeds | ours | gaps, 95% CI over seeds | gate | paper "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        cells = (
+            v.claim_id,
+            v.claim,
+            v.where,
+            v.scale or "-",
+            v.seeds or "-",
+            v.ours,
+            v.gaps or "-",
+            v.gate or "-",
+            v.paper,
+            f"**{v.verdict}**",
+        )
+        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    return lines
+
+
+def summary(verdicts: list[Verdict]) -> str:
+    """One line counting every verdict, smoke-scale judgements apart (plumbing, never evidence)."""
+    counts = pd.Series([v.verdict for v in verdicts if v.scale != "smoke" or v.verdict == NOT_RUN])
+    counts = counts.value_counts()
+    smoke = sum(v.scale == "smoke" and v.verdict != NOT_RUN for v in verdicts)
+    return (
+        "Summary: "
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in VERDICTS)
+        + (f"; {smoke} judged on smoke-scale runs only (plumbing, not evidence)" if smoke else "")
+        + "."
+    )
+
+
+def verdict_table(
+    suites: tuple[str, ...] | list[str] | None = None, results_dir: str | Path | None = None
+) -> str:
+    """The report's claims table (Markdown) restricted to claims of ``suites``, with the summary line:
+    what the notebooks show beside their figures, so a figure is never read without its gate."""
+    ids = {c.id for c in CLAIMS if suites is None or c.suite in suites}
+    verdicts = [v for v in evaluate(results_dir) if v.claim_id in ids]
+    return "\n".join([summary(verdicts), "", *_table(verdicts)]) + "\n"
+
+
 def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> str:
     """The Markdown report: a summary table, then one section per claim with its rule and caveats."""
     rdir = Path(results_dir) if results_dir is not None else load.default_results_dir()
-    # Smoke-scale verdicts are plumbing checks: count them apart so the summary never reads as evidence.
-    counts = pd.Series([v.verdict for v in verdicts if v.scale != "smoke"]).value_counts()
-    smoke = sum(v.scale == "smoke" and v.verdict != NOT_RUN for v in verdicts)
-    counts[NOT_RUN] = sum(v.verdict == NOT_RUN for v in verdicts)
     lines = [
         "# Reproduction report: ConViT (d'Ascoli et al., ICML 2021)",
         "",
@@ -141,18 +212,24 @@ def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> st
         f"`{rdir.name if rdir == load.default_results_dir() else rdir}/`; do not edit by hand. "
         "Paper numbers come from `results/paper/*.csv` (each row names its source).",
         "",
-        "Verdict rules: *reproduced* = the claim's rule (below) holds on the seed means of our runs; "
-        "*not reproduced* = the data exist and the rule fails; *not yet run* = no results, or not the runs "
-        "the rule needs. Below `paper` scale, quantitative claims are judged on direction only and every "
-        "claim on direction/ordering; a verdict at `cpu` or `reduced` scale says whether the *qualitative* "
-        "effect appears there, not that the paper's numbers were matched. Smoke-scale verdicts are "
-        "plumbing checks and mean nothing. Scales are chosen per suite, best available first: "
-        f"{' > '.join(load.SCALES)}.",
+        "Verdicts (rules in `analysis/gate.py`): first the claim's runs must pass a **competence gate**, "
+        "measured from their own logs: the DeiT baseline at the claim's largest fraction beats a linear "
+        "classifier on raw pixels of the same data (`results/reference/pixel_linear_probe.csv`, "
+        "`python -m analysis.pixel_probe`), its final training loss is at most "
+        f"{gate.LOSS_SHARE_OF_CHANCE:g} ln K (ln K is the loss at chance under any label smoothing or "
+        f"Mixup), and for gating/locality claims sigma(lambda) moved by >= {gate.SIGMA_MOVE:g} in some "
+        f"GPSA head and nonlocality by >= {gate.NONLOCALITY_MOVE * 100:.0f}% in some layer between the "
+        "first and last probe; otherwise **inconclusive (under-trained)**, with the gate's figures in the "
+        "row. Past the gate, each rule is a set of per-seed comparisons (ConViT - DeiT, a - b, ...) that "
+        "must all be positive, each with a 95% Student t interval over paired seeds: *reproduced* = every "
+        "interval above 0; *not reproduced* = some interval below 0; **inconclusive (within noise)** = "
+        "neither (always so with one seed: no interval). *not yet run* = no results, or not the runs the "
+        "rule needs. Below `paper` scale, quantitative claims are judged on direction only and every claim "
+        "on direction/ordering: a verdict at `cpu` or `reduced` scale says whether the *qualitative* effect "
+        "appears there, not that the paper's numbers were matched. Smoke-scale verdicts are plumbing checks "
+        f"and mean nothing. Scales are chosen per suite, best available first: {' > '.join(load.SCALES)}.",
         "",
-        "Summary: "
-        + ", ".join(f"{counts.get(k, 0)} {k}" for k in (REPRODUCED, NOT_REPRODUCED, NOT_RUN))
-        + (f"; {smoke} judged on smoke-scale runs only (plumbing, not evidence)" if smoke else "")
-        + ".",
+        summary(verdicts),
         "",
         "## Scales used",
         "",
@@ -162,31 +239,7 @@ def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> st
     for suite in load.SUITES:
         res = load.load_suite(suite, results_dir=results_dir)
         lines.append(f"| {suite} | {res.scale or 'not yet run'} | {', '.join(res.scales_available) or '-'} |")
-    lines += [
-        "",
-        "## Claims",
-        "",
-        "| id | claim | paper ref | scale | seeds | ours | paper | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for v in verdicts:
-        lines.append(
-            "| "
-            + " | ".join(
-                _cell(x)
-                for x in (
-                    v.claim_id,
-                    v.claim,
-                    v.where,
-                    v.scale or "-",
-                    v.seeds or "-",
-                    v.ours,
-                    v.paper,
-                    f"**{v.verdict}**",
-                )
-            )
-            + " |"
-        )
+    lines += ["", "## Claims", "", *_table(verdicts)]
     notes = rdir / INTERPRETATION
     if notes.is_file():
         # Why a claim fails at a scale (too few steps, noise, recipe) is a judgement, not a rule: written
@@ -200,6 +253,8 @@ def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> st
             "",
             f"- Suite: `{v.suite}`; scale: {v.scale or 'none'}; seeds: {v.seeds}",
             f"- Rule: {v.rule}",
+            f"- Gate: {v.gate or '-'}",
+            f"- Gaps (95% CI over paired seeds): {v.gaps or '-'}",
             f"- Verdict: **{v.verdict}**",
             f"- Caveat: {v.caveat or '-'}",
             "",
@@ -221,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--results {args.results} holds none of the suite folders ({', '.join(suites)})")
     verdicts = evaluate(args.results)
     args.out.write_text(render(verdicts, args.results))
-    counts = pd.Series([v.verdict for v in verdicts]).value_counts().to_dict()
-    print(f"wrote {args.out}: {counts}")
+    print(f"wrote {args.out}: {summary(verdicts)}")
     return 0
 
 
