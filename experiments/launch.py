@@ -44,6 +44,12 @@ from experiments.common import (  # noqa: E402
 )
 
 CLUSTERS = ("local", "debug", "slurm")
+#: time limit of local and debug jobs, minutes (unless the spec sets one): no scheduler to pack them, so a
+#: limit could only interrupt a run; SLURM jobs get one derived from the run's estimate (convit.slurm_queue).
+LOCAL_TIMEOUT_MIN = 24 * 60
+#: without a profile: convit.jobs's default requeues and submitit's default signal delay (slurm.py, 90 s)
+DEFAULT_MAX_REQUEUES = 3
+SUBMITIT_SIGNAL_DELAY_S = 90
 #: seconds between progress lines when nothing moved (runs report every minute; see convit.progress)
 HEARTBEAT_S = 300.0
 DEFAULT_SCALE = "cpu"
@@ -187,7 +193,7 @@ def _source_run(spec: RunSpec, specs: Sequence[RunSpec]) -> RunSpec | None:
 
 
 # ------------------------------------------------------------------------------------------------ plan
-def _describe(spec: RunSpec, flops: float) -> str:
+def _describe(spec: RunSpec, flops: float, limit: str = "") -> str:
     d = spec.data
     data = d.name + (f"[:{d.num_classes}cls]" if d.num_classes else "") + f"@{d.img_size}px"
     data += f" f={d.fraction:g}"
@@ -207,16 +213,27 @@ def _describe(spec: RunSpec, flops: float) -> str:
     if _is_distilled(spec):
         note += f"  [distilled from {_teacher_ref(spec)}]"
     return (
-        f"{run_name(spec):44s} {spec.model.name:18s} {data:34s} {what:42s} {shape:>5s} {hours:10.2f} h{note}"
+        f"{run_name(spec):44s} {spec.model.name:18s} {data:34s} {what:42s} {shape:>5s} {hours:10.2f} h "
+        f"{limit:>11s}{note}"
     )
 
 
 def _print_plan(
-    suite: str, scale: str, specs: Sequence[RunSpec], workdir: str, checkpoints: str | None = None
+    suite: str,
+    scale: str,
+    specs: Sequence[RunSpec],
+    workdir: str,
+    checkpoints: str | None = None,
+    limits: _Limits | None = None,
 ) -> None:
+    from convit.slurm_queue import format_minutes
+
     sc = get_scale(scale)
     print(f"# {suite} at scale {scale}: {len(specs)} run(s); estimated device-hours on {sc.device}")
-    print(f"# {'run':42s} {'model':18s} {'data':34s} {'what':42s} {'nodes x GPUs':>5s} {'est':>10s}")
+    print(
+        f"# {'run':42s} {'model':18s} {'data':34s} {'what':42s} {'nodes x GPUs':>5s} {'est':>10s} "
+        f"{'time limit':>11s}"
+    )
     total = 0.0
     for spec in specs:
         state = ""
@@ -225,9 +242,17 @@ def _print_plan(
             state = "  (done)"
         elif d.exists():
             state = f"  (resumes{_last_report(spec, d)})"
-        print(_describe(spec, sc.flops_per_s) + state)
+        limit = "refused"
+        if limits is not None and run_name(spec) in limits.decisions:
+            limit = format_minutes(limits.decisions[run_name(spec)].minutes)
+        print(_describe(spec, sc.flops_per_s, limit) + state)
         total += estimate_hours(spec, sc.flops_per_s)
     print(f"total: {len(specs)} run(s), {total:.2f} estimated device-hours on {sc.device}")
+    if limits is not None:
+        for line in limits.lines():
+            print(f"note: {line}")
+        for line in limits.errors:
+            print(f"refused at launch: {line}")
     teachers = sorted({_teacher_ref(s) for s in specs if _is_distilled(s)})
     for name in teachers:
         if checkpoints:
@@ -236,6 +261,103 @@ def _print_plan(
         else:
             where = f"{name} (no --checkpoints given)"
         print(f"note: distilled runs read their teacher from --checkpoints DIR: {where}")
+
+
+# ------------------------------------------------------------------------------------------ time limits
+@dataclasses.dataclass
+class _Limits:
+    """Each run's time limit (by run name), where it goes, what was capped, and what does not fit."""
+
+    decisions: dict[str, Any]
+    where: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    #: capped runs by the note that says how: (note -> run names)
+    capped: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """What the launch output says about the limits: where, how each limit was found, what was capped."""
+        out = [self.where] if self.where else []
+        out += self.notes
+        for note, runs in self.capped.items():
+            names = ", ".join(runs[:2]) + (f" and {len(runs) - 2} more" if len(runs) > 2 else "")
+            out.append(f"capped: {len(runs)} run(s) ({names}) {note}")
+        return out
+
+
+def _wanted_limit(spec: RunSpec, flops: float) -> tuple[int, int, str]:
+    """(limit to ask for, minutes needed, how it was found): the spec's own ``resources.timeout_min``, else
+    the estimate on the scale's device, spread over the run's devices, with the margin and the floor."""
+    from convit.slurm_queue import FLOOR_MIN, TIME_MARGIN, derived_limit_min
+
+    if spec.resources.timeout_min is not None:
+        minutes = spec.resources.timeout_min
+        return minutes, minutes, "the spec's resources.timeout_min"
+    devices = spec.resources.nodes * max(1, spec.resources.gpus_per_node)
+    hours = estimate_hours(spec, flops) / devices
+    ask, needed = derived_limit_min(hours)
+    why = f"estimate {_hours(hours)} x {TIME_MARGIN:g}"
+    if ask == FLOOR_MIN and needed < FLOOR_MIN:
+        why += f", at least {FLOOR_MIN} min"
+    return ask, needed, why
+
+
+def _time_limits(specs: Sequence[RunSpec], args: argparse.Namespace, profile: Any) -> _Limits:
+    """The time limit of every run's job, checked against the target partition on SLURM.
+
+    Local and debug jobs get the spec's limit or :data:`LOCAL_TIMEOUT_MIN`. SLURM jobs: the spec's, else
+    the estimate with its margin and floor (``convit.slurm_queue``); each is checked against the partition's
+    MaxTime, MaxNodes and GPUs per node (``scontrol show partition``, ``sinfo``): a run over a limit lands in
+    ``errors`` (the launch refuses it before submitting anything), or, when the profile sets
+    ``timeout_min``, is capped (a run in several jobs that resume after each requeue).
+    """
+    from convit import slurm_queue
+    from convit.slurm_queue import Decision, LimitError, format_minutes
+
+    if args.cluster != "slurm":
+        return _Limits({run_name(s): Decision(s.resources.timeout_min or LOCAL_TIMEOUT_MIN) for s in specs})
+    limits = _Limits({})
+    flops = get_scale(args.scale).flops_per_s
+    partition = None
+    name = profile.partition if profile is not None else None
+    try:
+        partition = slurm_queue.find_partition(name, slurm_queue.partitions())
+    except slurm_queue.QueueError as exc:
+        limits.notes.append(f"partition limits not checked ({exc})")
+    except LimitError as exc:
+        limits.errors.append(str(exc))
+        return limits
+    if partition is not None:
+        limits.where = (
+            f"partition {partition.name}: MaxTime {format_minutes(partition.max_time_min)}, "
+            f"MaxNodes {partition.max_nodes or 'UNLIMITED'} ({partition.total_nodes} node(s)), "
+            f"{partition.gpus_per_node} GPU(s) per node"
+            + ("" if partition.state == "UP" else f", state {partition.state}: jobs wait until it is UP")
+        )
+    cap = profile.timeout_min if profile is not None else None
+    for spec in specs:
+        nodes, gpus, _ = _resources(spec, args, profile)
+        ask, needed, why = _wanted_limit(spec, flops)
+        try:
+            decision = slurm_queue.decide(
+                run_name(spec),
+                minutes=ask,
+                needed=needed,
+                why=why,
+                nodes=nodes,
+                gpus_per_node=gpus,
+                partition=partition,
+                cap_min=cap,
+                max_requeues=profile.max_requeues if profile is not None else DEFAULT_MAX_REQUEUES,
+                signal_delay_s=profile.signal_delay_s if profile is not None else SUBMITIT_SIGNAL_DELAY_S,
+            )
+        except LimitError as exc:
+            limits.errors.append(str(exc))
+            continue
+        limits.decisions[run_name(spec)] = decision
+        if decision.note:
+            limits.capped.setdefault(decision.note, []).append(run_name(spec))
+    return limits
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -363,21 +485,79 @@ def _last_report(spec: RunSpec, d: Path) -> str:
     return f", {text}, reported {_elapsed(age)} ago"
 
 
-def _progress(pending: Sequence[tuple[RunSpec, Path]]) -> str:
-    """Where the running jobs are, from ``metrics.jsonl`` and ``progress.json`` (:mod:`convit.progress`).
+def _progress(pending: Sequence[tuple[RunSpec, Path]], queued: dict[str, Any] | None = None) -> str:
+    """Where the jobs are: running ones from ``metrics.jsonl`` and ``progress.json`` (:mod:`convit.progress`),
+    pending ones with SLURM's reason (``queued``: run name -> ``slurm_queue.QueuedJob``; None: all running).
 
-    Up to 4 jobs are listed by name; more (a SLURM array) are summarised, with the least advanced one named.
+    Up to 4 jobs are listed by name; more (a SLURM array) are summarised, with the least advanced one named
+    and the pending ones counted by reason.
     """
     from convit.progress import describe
 
-    states = [(run_name(spec), *describe(d, spec.recipe.epochs)) for spec, d in pending]
-    if len(states) <= 4:
-        parts = [f"{name} {text}" for name, text, _ in states if text]
-        return "; ".join(parts) if parts else f"{len(states)} running, starting"
-    mean = sum(frac for _, _, frac in states) / len(states)
-    name, text, _ = min(states, key=lambda s: s[2])
-    slowest = f"{name} {text or 'starting'}"
-    return f"{len(states)} running, {100 * mean:.0f}% of their epochs done; least advanced {slowest}"
+    waiting: dict[str, str] = {}
+    for spec, _ in pending:
+        job = (queued or {}).get(run_name(spec))
+        if job is not None and job.state == "PENDING":
+            waiting[run_name(spec)] = "" if job.reason in ("None", "") else job.reason
+    states = [(run_name(s), *describe(d, s.recipe.epochs)) for s, d in pending if run_name(s) not in waiting]
+    parts = []
+    if len(pending) <= 4:
+        running = [f"{name} {text}" for name, text, _ in states if text]
+        if running:
+            parts.append("; ".join(running))
+        elif states:
+            parts.append(f"{len(states)} running, starting")
+        parts += [f"{name} pending" + (f" ({why})" if why else "") for name, why in waiting.items()]
+        return "; ".join(parts)
+    if states:
+        mean = sum(frac for _, _, frac in states) / len(states)
+        name, text, _ = min(states, key=lambda s: s[2])
+        slowest = f"{name} {text or 'starting'}"
+        done = f"{100 * mean:.0f}% of their epochs done"
+        parts.append(f"{len(states)} running, {done}; least advanced {slowest}")
+    if waiting:
+        reasons: dict[str, int] = {}
+        for why in waiting.values():
+            reasons[why or "not yet scheduled"] = reasons.get(why or "not yet scheduled", 0) + 1
+        counts = ", ".join(f"{why}: {n}" for why, n in sorted(reasons.items(), key=lambda r: -r[1]))
+        parts.append(f"{len(waiting)} pending ({counts})")
+    return "; ".join(parts)
+
+
+def _never_starting(
+    pending: Sequence[tuple[tuple[RunSpec, Path, Any], Any]],
+) -> tuple[dict[str, Any], list[tuple[tuple[RunSpec, Path, Any], Any, str, str]]]:
+    """SLURM's view of the pending jobs: (run name -> queue entry, jobs that can never start).
+
+    Each hopeless one comes as (item, job, reason, fix). A failing ``squeue`` is no verdict: nothing is
+    hopeless then, and the status line shows no pending jobs.
+    """
+    from convit import slurm_queue
+
+    try:
+        entries = slurm_queue.queue()
+    except slurm_queue.QueueError:
+        return {}, []
+    cache: dict[str, Any] = {}
+
+    def partition(name: str) -> Any:
+        if "all" not in cache:
+            try:
+                cache["all"] = slurm_queue.partitions()
+            except slurm_queue.QueueError:
+                cache["all"] = {}
+        return cache["all"].get(name)
+
+    queued, hopeless = {}, []
+    for item, job in pending:
+        entry = entries.get(str(job.job_id))
+        if entry is None:
+            continue
+        queued[run_name(item[0])] = entry
+        fix = slurm_queue.never_starts(entry, partition, slurm_queue.known_nodes)
+        if fix is not None:
+            hopeless.append((item, job, entry.reason, fix))
+    return queued, hopeless
 
 
 def _run_batch(
@@ -386,13 +566,21 @@ def _run_batch(
     profile: Any,
     folder: Path,
     name: str,
+    limits: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Submit ``items`` (spec, workdir, callable) grouped by resources, wait, and return failure lines."""
-    from convit import jobs
+    """Submit ``items`` (spec, workdir, callable) grouped by resources and time limit (``limits``: run name
+    -> ``slurm_queue.Decision``; default the spec's or :data:`LOCAL_TIMEOUT_MIN`), wait, and return failure
+    lines. On SLURM a job whose pending reason cannot clear is cancelled and reported; the others go on."""
+    from convit import jobs, slurm_queue
+
+    def minutes(spec: RunSpec) -> int:
+        if limits is not None and run_name(spec) in limits:
+            return int(limits[run_name(spec)].minutes)
+        return spec.resources.timeout_min or LOCAL_TIMEOUT_MIN
 
     groups: dict[tuple[int, int, int, int], list[tuple[RunSpec, Path, Any]]] = {}
     for item in items:
-        key = (*_resources(item[0], args, profile), item[0].resources.timeout_min or 60 * 24)
+        key = (*_resources(item[0], args, profile), minutes(item[0]))
         groups.setdefault(key, []).append(item)
     failures: list[str] = []
     for (nodes, gpus, tasks, timeout), group in groups.items():
@@ -419,8 +607,10 @@ def _run_batch(
                     timeout_min=timeout,
                     name=name,
                 )
-                for spec, d, _ in chunk:
-                    print(f"submitted {run_name(spec)} -> {d}", flush=True)
+                for (spec, d, _), job in zip(chunk, submitted, strict=True):
+                    where = f"job {job.job_id}, " if args.cluster == "slurm" else ""
+                    limit = slurm_queue.format_minutes(timeout)
+                    print(f"submitted {run_name(spec)} -> {d} ({where}time limit {limit})", flush=True)
                 pending += list(zip(chunk, submitted, strict=True))
             still = []
             for item, job in pending:
@@ -436,9 +626,19 @@ def _run_batch(
                 else:
                     still.append((item, job))
             pending = still
+            queued: dict[str, Any] | None = None
+            if args.cluster == "slurm" and pending:
+                queued, hopeless = _never_starting(pending)
+                for item, job, reason, fix in hopeless:
+                    slurm_queue.cancel([str(job.job_id)])
+                    line = f"{run_name(item[0])}: SLURM will never start job {job.job_id} ({reason}): {fix}"
+                    failures.append(f"{line} (cancelled)")
+                    print(f"NEVER STARTS {line}; cancelled it", file=sys.stderr, flush=True)
+                gone = {id(job) for _, job, _, _ in hopeless}
+                pending = [(item, job) for item, job in pending if id(job) not in gone]
             if pending and (not todo or len(pending) >= slots):
                 # a line when something moved (each run reports every minute), else a heartbeat
-                line = _progress([(it[0], it[1]) for it, _ in pending])
+                line = _progress([(it[0], it[1]) for it, _ in pending], queued)
                 now = time.monotonic()
                 if line != last or now - last_print >= HEARTBEAT_S:
                     print(f"[launch {_elapsed(now - start)}] {line}", flush=True)
@@ -473,10 +673,6 @@ def _launch(args: argparse.Namespace) -> int:
             if source is not None and source not in specs:
                 specs.insert(0, source)
 
-    if args.dry_run:
-        _print_plan(args.suite, args.scale, specs, args.workdir, args.checkpoints)
-        return 0
-
     profile = None
     if args.profile:
         from convit import jobs
@@ -489,7 +685,21 @@ def _launch(args: argparse.Namespace) -> int:
             profile = dataclasses.replace(profile, partition=args.partition)
     elif args.cluster == "slurm" and args.partition:
         raise UsageError("--partition needs --profile FILE (see slurm/profiles/example.yaml)")
+
+    if args.dry_run:
+        limits = _time_limits(specs, args, profile)
+        _print_plan(args.suite, args.scale, specs, args.workdir, args.checkpoints, limits)
+        return 0
+
+    # every job's time limit, checked against the partition before anything else (cheap, no torch import)
+    todo = [s for s in specs if not (run_dir(args.workdir, s) / "result.json").is_file()]
+    limits = _time_limits(todo, args, profile)
+    if limits.errors:
+        more = len(limits.errors) - 1
+        raise UsageError(limits.errors[0] + (f" (and {more} more run(s) that do not fit)" if more else ""))
     data_root = _validate(specs, args)
+    for line in limits.lines():
+        print(line, flush=True)
 
     from convit import runlock
     from convit.jobs import TrainJob
@@ -519,7 +729,9 @@ def _launch(args: argparse.Namespace) -> int:
         f"{len(trains)} to train, {len(evals)} to evaluate ({args.cluster})",
         flush=True,
     )
-    failures = _run_batch(trains, args, profile, folder, f"convit-{args.suite}") if trains else []
+    failures = (
+        _run_batch(trains, args, profile, folder, f"convit-{args.suite}", limits.decisions) if trains else []
+    )
     failures += elsewhere
 
     eval_items = []
@@ -541,7 +753,9 @@ def _launch(args: argparse.Namespace) -> int:
         d = run_dir(workdir, spec)
         eval_items.append((spec, d, EvalJob(spec, d, ckpt, data_root)))
     if eval_items:
-        failures += _run_batch(eval_items, args, profile, folder, f"convit-{args.suite}-eval")
+        failures += _run_batch(
+            eval_items, args, profile, folder, f"convit-{args.suite}-eval", limits.decisions
+        )
 
     if not args.no_collect:
         path = collect(args.suite, args.scale, everything, workdir, args.results)
@@ -609,6 +823,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("launch.py: interrupted; relaunch the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (launch.py ... --dry-run | head): not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so that the interpreter's final flush is quiet
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ DB_PORT=${CONVIT_SLURM_DB_PORT:-3399}
 CLUSTER=${CONVIT_SLURM_CLUSTER:-convit}
 ETC=/etc/slurm
 HOST=$(hostname -s)
+# The nodes every partition spans, comma-separated (one node today; a second node's name goes here too).
+NODES=$HOST
 PACKAGES=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server)
 DB_USER=slurm
 DB_PASS=convit-slurm-local  # a private database bound to 127.0.0.1 on a throw-away test machine
@@ -101,6 +103,7 @@ ensure_hostname() {
     printf '127.0.0.1\t%s\n' "$HOST" >>/etc/hosts
 }
 
+CONFIG_CHANGED=0
 write_if_changed() {  # write_if_changed FILE MODE (content on stdin): keeps mtimes stable on restarts
     local tmp
     tmp=$(mktemp)
@@ -108,6 +111,7 @@ write_if_changed() {  # write_if_changed FILE MODE (content on stdin): keeps mti
     if [[ -f $1 ]] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; return 0; fi
     install -m "$2" "$tmp" "$1"
     rm -f "$tmp"
+    CONFIG_CHANGED=1
 }
 
 write_config() {
@@ -156,8 +160,14 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 $node State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
-PartitionName=urgent Nodes=$HOST Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+PartitionName=debug Nodes=$NODES Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
+PartitionName=urgent Nodes=$NODES Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+# Limits like a real cluster's, for the launcher's time-limit and node checks (tests/test_slurm_limits.py):
+# 'short' allows 5 minutes a job (2 by default) and one CPU per node, so a second job there waits (Resources)
+# while the first runs; 'single' one node a job. EnforcePartLimits is left at its default (NO), as on many
+# clusters: sbatch accepts a job over a limit, which then pends with the limit as its reason.
+PartitionName=short Nodes=$NODES Default=NO DefaultTime=00:02:00 MaxTime=00:05:00 MaxCPUsPerNode=1 State=UP PriorityTier=1 GraceTime=30
+PartitionName=single Nodes=$NODES Default=NO MaxTime=INFINITE MaxNodes=1 State=UP PriorityTier=1 GraceTime=30
 EOF
     write_if_changed "$ETC/slurmdbd.conf" 600 <<EOF
 # Written by slurm/cluster.sh.
@@ -236,7 +246,15 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    if running "$STATE/run/slurmctld.pid"; then return 0; fi
+    if running "$STATE/run/slurmctld.pid"; then
+        # A running controller keeps the partitions it started with: apply a changed slurm.conf (new or
+        # changed partitions; a new node needs 'restart').
+        if [[ $CONFIG_CHANGED == 1 ]]; then
+            log "slurm.conf changed: scontrol reconfigure"
+            scontrol reconfigure
+        fi
+        return 0
+    fi
     log "starting slurmctld"
     slurmctld
     wait_for 60 slurmctld scontrol ping
