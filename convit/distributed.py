@@ -34,6 +34,7 @@ __all__ = [
     "cuda_problem",
     "gpus_expected",
     "kernel_for",
+    "pick_device",
     "resolve_device",
     "setup",
     "teardown",
@@ -344,6 +345,12 @@ def _pick_device(requested: str | None, local_rank: int) -> torch.device:
     if index >= count:
         raise DeviceError(f"LOCAL_RANK={local_rank} but only {count} CUDA device(s) are visible")
     return torch.device("cuda", index)
+
+
+def pick_device(requested: str | None = None, local_rank: int | None = None) -> torch.device:
+    """The device a process of this job should use (``LOCAL_RANK`` from the environment by default), by the
+    rules of :func:`setup`, for callers that need a device but no process group (evaluation jobs)."""
+    return _pick_device(requested, _env_int("LOCAL_RANK", 0) if local_rank is None else local_rank)
 
 
 def setup(device: str | None = None) -> DistContext:

@@ -259,3 +259,11 @@ def test_train_cli_in_a_gpu_task_says_one_line(tmp_path, fixture_data_root) -> N
     assert "SLURM_GPUS_ON_NODE=1" in proc.stderr and "refusing to fall back" in proc.stderr
     assert not (tmp_path / "run").exists()
     assert json.loads(spec_file.read_text())  # untouched input
+
+
+def test_pick_device_reads_local_rank(monkeypatch) -> None:
+    fake_gpus(monkeypatch, 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert distributed.pick_device() == torch.device("cuda", 2)
+    assert distributed.pick_device("cpu") == torch.device("cpu")
+    assert distributed.pick_device(local_rank=1) == torch.device("cuda", 1)
