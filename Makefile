@@ -14,7 +14,7 @@ SCALE ?= cpu
 # local runs at once: two one-thread runs use 2 cores better than one two-thread run (~2x vs ~1.45x)
 PARALLEL ?= 2
 
-.PHONY: install run test slurm lint bench-gpu
+.PHONY: install run test slurm slurm-multinode lint bench-gpu
 
 install:
 	$(PYTHON) -m pip install -q -e ".[dev]"
@@ -29,7 +29,13 @@ slurm:
 	@if [ "$$CI" = "true" ]; then bash slurm/cluster.sh start; \
 	else bash slurm/cluster.sh start || echo "SLURM test cluster not started: SLURM tests will be skipped"; fi
 
-test: install slurm
+# The 2-node tests (tests/test_slurm_multinode.py) need slurm/multinode.sh's cluster: two slurmd, each in its own
+# network namespace (root, Linux), independent of the single-node one. The same rule: skipped, or required in CI.
+slurm-multinode:
+	@if [ "$$CI" = "true" ]; then bash slurm/multinode.sh start; \
+	else bash slurm/multinode.sh start || echo "2-node SLURM test cluster not started: its tests will be skipped"; fi
+
+test: install slurm slurm-multinode
 	$(PYTHON) -m pytest -q -ra
 
 lint:
