@@ -64,14 +64,18 @@ def test_a_crashed_rank_ends_the_whole_job(tmp_path: Path, monkeypatch: pytest.M
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     assert "--kill-on-bad-exit=1" in srun and f"--cpus-per-task={profile.cpus_per_gpu}" in srun
     assert f"#SBATCH --cpus-per-task={profile.cpus_per_gpu}" in script
-    start = None
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # the shared test node may be busy: pending time is not counted
     while not job.done() and time.monotonic() < deadline:
-        if start is None and job.state == "RUNNING":
-            start = time.monotonic()
-        time.sleep(1.0)
+        time.sleep(2.0)
     assert job.done(), f"job {job.job_id} still {job.state}"
-    ran = time.monotonic() - (start or deadline - 240)
-    # Without --kill-on-bad-exit rank 0 would sleep SURVIVOR_SLEEP_S; with it, srun kills it once rank 1 dies
-    assert ran < SURVIVOR_SLEEP_S / 2, f"the job ran {ran:.0f} s"
-    assert job.state in ("FAILED", "CANCELLED", "COMPLETED") or job.state.startswith("CANCELLED")
+    # How long the job ran, from SLURM's accounting. Without --kill-on-bad-exit rank 0 sleeps its full
+    # SURVIVOR_SLEEP_S (measured: 149 s); with it, srun kills it as soon as rank 1 dies.
+    elapsed = subprocess.run(
+        ["sacct", "-j", job.job_id, "-X", "-n", "-P", "-o", "ElapsedRaw,State"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
+    seconds, state = int(elapsed[0].split("|")[0]), elapsed[0].split("|")[1]
+    assert seconds < SURVIVOR_SLEEP_S / 2, f"the job ran {seconds} s ({state})"
+    assert state == "FAILED"
