@@ -11,6 +11,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Callable
@@ -28,6 +29,8 @@ __all__ = [
     "rng_state",
     "save_atomic",
     "set_rng_state",
+    "write_json_atomic",
+    "write_text_atomic",
 ]
 
 CHECKPOINT = "checkpoint.pth"
@@ -62,6 +65,29 @@ def save_atomic(state: dict[str, Any], workdir: Path) -> Path:
     os.replace(tmp, final)
     _fsync_dir(workdir)
     return final
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part.
+
+    A temporary file beside it (same directory, so the rename stays on one filesystem), flushed and fsynced,
+    then renamed over ``path``. Every small file of a run directory that another process may read while it
+    is written (``spec.json`` by a launcher or a second task, ``result.json`` by the collector) goes through
+    here.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """:func:`write_text_atomic` of ``data`` as indented, key-sorted JSON with a final newline."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load(path: Path) -> dict[str, Any]:

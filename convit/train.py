@@ -34,6 +34,14 @@ per-sample augmentation is seeded inside a dataset wrapper from the sample's *gl
 (so neither DataLoader workers nor the world size change it), and the main process reseeds torch/numpy/random
 before each micro-batch's mixup/drop-path. Resuming from any checkpoint therefore reproduces the uninterrupted
 run bit for bit on CPU; a mid-epoch resume slices the epoch's index list instead of loading skipped batches.
+On a GPU that needs ``resources.deterministic`` (:mod:`convit.cudaconf`, which also sets TF32, cuDNN
+autotuning and the autocast dtype, bf16 falling back to fp16 on GPUs without it, and records them in
+``env.json``).
+
+GPU path: the step loop reads nothing from the device per step; each step's loss stays there and a batch of
+them is read every :data:`SYNC_EVERY` steps (one host sync, see there). Evaluation is
+:mod:`convit.evaluation`, shared with eval-only jobs, on a loader built once per run. DDP re-broadcasts
+buffers before each forward only when the model has persistent ones (:func:`_buffers_need_sync`).
 """
 
 from __future__ import annotations
@@ -53,15 +61,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from convit import checkpoint as ckpt
-from convit import distributed, runlock
+from convit import cudaconf, distributed, evaluation, runlock
 from convit.distributed import DistContext
 from convit.progress import EpochProgress
 from convit.spec import RunSpec, SpecError
@@ -87,6 +95,13 @@ RA_REPEATS = 3
 CHECKPOINT_FORMAT = 1
 #: The engine trains ``tags["distillation"] == "hard"`` specs (the launcher checks this before submitting).
 SUPPORTS_DISTILLATION = True
+#: Optimiser steps between host reads of the training loss. Reading a CUDA value stalls the host until the GPU
+#: has caught up, which empties the queue of launched work; the loop instead keeps each step's loss on the
+#: device and reads a batch of them (one sync) every this many steps, at the end of an epoch, and before any
+#: save. A NaN/inf loss is still found (and named by its step) before a checkpoint could hold it; a single
+#: process acts on a stop request at the step it arrives; a distributed run agrees on it at the next read,
+#: i.e. within this many steps (the cluster profile's signal_delay_s must cover them plus a save).
+SYNC_EVERY = 16
 
 
 class TrainError(RuntimeError):
@@ -157,12 +172,6 @@ def _sha256(path: Path) -> str:
     """The file's SHA-256, recorded in env.json: a teacher file name alone does not say which weights."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -315,6 +324,16 @@ class _SeededSamples(Dataset):
         return self.base[index]
 
 
+class _StepRecord(NamedTuple):
+    """One optimiser step whose loss (a device scalar: sum over micro-batches) has not been read yet."""
+
+    step: int  # in the epoch, 0-based
+    global_step: int  # after the step
+    loss: torch.Tensor
+    lr: float
+    data_wait: float  # the epoch's loader wait so far, for the progress line
+
+
 class _BatchList:
     """A batch sampler whose batches are replaced each epoch (works with persistent DataLoader workers)."""
 
@@ -430,7 +449,6 @@ def _epoch_batches(
 # --------------------------------------------------------------------------------------------------
 # evaluation and probes
 # --------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def _evaluate(
     model: nn.Module,
     val_ds: Dataset,
@@ -439,35 +457,8 @@ def _evaluate(
     workers: int,
     autocast: Callable[[], Any],
 ) -> dict[str, float]:
-    """Top-1/top-5 (percent), mean cross-entropy and image count; each image counted once across ranks."""
-    model.eval()
-    shard = Subset(val_ds, list(range(ctx.rank, len(val_ds), ctx.world_size)))  # type: ignore[arg-type]
-    loader = DataLoader(
-        shard, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=ctx.device.type == "cuda"
-    )
-    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    for images, targets in loader:
-        images = images.to(ctx.device, non_blocking=True)
-        targets = targets.to(ctx.device, non_blocking=True)
-        with autocast():
-            logits = model(images)
-        logits = logits.float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hit = top.eq(targets[:, None])
-        sums[0] += criterion(logits, targets).double()
-        sums[1] += hit[:, :1].sum()
-        sums[2] += hit.any(dim=1).sum()
-        sums[3] += targets.numel()
-    distributed.all_reduce(sums, ctx)
-    loss, c1, c5, n = sums.tolist()
-    return {
-        "top1": 100.0 * c1 / max(n, 1.0),
-        "top5": 100.0 * c5 / max(n, 1.0),
-        "loss": loss / max(n, 1.0),
-        "count": n,
-    }
+    """One-off :func:`convit.evaluation.evaluate` of ``val_ds`` (the engine keeps its loader for the run)."""
+    return evaluation.evaluate(model, evaluation.make_loader(val_ds, ctx, batch_size, workers), ctx, autocast)
 
 
 def _probe_batch(val_ds: Dataset, spec: RunSpec) -> torch.Tensor:
@@ -647,15 +638,20 @@ def run(
     if done is not None:
         return done
     teacher_path = _check_distillation(spec, teacher)
-    ctx = distributed.setup(device)
-    try:
-        with _exclusive(workdir, ctx, lock_wait_s):
-            done = _check_workdir(spec, workdir)  # a duplicate that waited for the lock finds the run done
-            if done is not None:
-                return done
-            return _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path, progress_every_s).fit()
-    finally:
-        distributed.teardown(ctx)
+    # numerics first: the deterministic switch must be set before cuBLAS and NCCL start (convit.cudaconf)
+    with cudaconf.Numerics(spec.resources.deterministic) as numerics:
+        ctx = distributed.setup(device)
+        try:
+            numerics.apply(ctx.device)
+            with _exclusive(workdir, ctx, lock_wait_s):
+                done = _check_workdir(spec, workdir)  # a duplicate that waited for the lock finds it done
+                if done is not None:
+                    return done
+                engine = _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path, progress_every_s)
+                engine.numerics = numerics
+                return engine.fit()
+        finally:
+            distributed.teardown(ctx)
 
 
 @contextlib.contextmanager
@@ -674,6 +670,20 @@ def _exclusive(workdir: Path, ctx: DistContext, wait_s: float) -> Iterator[None]
         if busy.item():
             raise RunInUse(str(error) if error is not None else f"{workdir} is in use (rank 0 says by whom)")
         yield
+
+
+def _buffers_need_sync(model: nn.Module) -> bool:
+    """Whether DDP must re-broadcast rank 0's buffers before every forward (its default).
+
+    That broadcast exists for buffers that training changes and ranks could disagree on (BatchNorm running
+    statistics), which are persistent: they are in the state dict, and the checkpoint carries them. The zoo's
+    non-persistent buffers are functions of the config, identical on every rank by construction: ConViT's
+    ``rel_indices`` ([N, N, 3] relative positions per GPSA layer, 10 x 461 kB for ConViT-S at 224 px, i.e.
+    ~4.6 MB broadcast per forward, which its fast path never reads). So the broadcast is kept only when a
+    persistent buffer exists; DDP's one broadcast at construction still aligns every buffer once.
+    """
+    persistent = set(model.state_dict())
+    return any(name in persistent for name, _ in model.named_buffers())
 
 
 class _Engine:
@@ -698,6 +708,7 @@ class _Engine:
         self.say = _Printer(ctx.is_main)
         self.recipe = spec.recipe
         self.progress_every_s = progress_every_s
+        self.numerics: cudaconf.Numerics | None = None  # set by run(): what env.json records
 
     # ---- construction --------------------------------------------------------------------------
     def _build(self) -> None:
@@ -728,7 +739,10 @@ class _Engine:
         self.optimizer = build_optimizer(model, recipe, self.plan.peak_lr)
         self.scheduler = build_scheduler(self.optimizer, recipe, self.plan.steps_per_epoch)
         cuda = ctx.device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp) if cuda else None
+        self.amp = cudaconf.amp_choice(recipe.amp, ctx.device)
+        if cuda and self.amp.reason:
+            self.say.warn(self.amp.reason)
+        self.amp_dtype = self.amp.dtype
         self.scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=self.amp_dtype is torch.float16)
         self.ema = None
         if recipe.ema:
@@ -737,7 +751,9 @@ class _Engine:
             self.ema = ModelEmaV3(model, decay=recipe.ema_decay)
         if ctx.distributed:
             self.ddp: nn.Module = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if cuda else None
+                model,
+                device_ids=[ctx.device.index] if cuda else None,
+                forward_sync_buffers=_buffers_need_sync(model),
             )
         else:
             self.ddp = model
@@ -777,7 +793,8 @@ class _Engine:
             pin_memory=cuda,
             persistent_workers=workers > 0,
         )
-        self.eval_batch = max(1, int(1.5 * self.plan.per_device))
+        self.eval_batch = evaluation.eval_batch_size(self.plan.per_device)
+        self.val_loader = evaluation.make_loader(self.val_ds, ctx, self.eval_batch, workers)
         self.probe_images = None
         if ctx.is_main and spec.probes.every > 0:
             self.probe_images = _probe_batch(self.val_ds, spec)
@@ -836,9 +853,7 @@ class _Engine:
         return hard_distillation_loss(self.criterion, output, targets, teacher_logits)
 
     def _autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return evaluation.autocast(self.ctx.device, self.amp_dtype)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
@@ -928,14 +943,14 @@ class _Engine:
             self.workdir.mkdir(parents=True, exist_ok=True)
             spec_path = self.workdir / "spec.json"
             if not spec_path.exists():
-                tmp = spec_path.with_name(f".spec.json.tmp{os.getpid()}")
-                tmp.write_text(spec.to_json() + "\n")
-                os.replace(tmp, spec_path)
+                ckpt.write_text_atomic(spec_path, spec.to_json() + "\n")
         distributed.barrier(ctx)
 
         self._build()
         say(f"run {self.workdir} | model {spec.model.name} ({self.params / 1e6:.2f}M params) on {ctx.device}")
         say(self.plan.describe())
+        for note in self.numerics.notes if self.numerics is not None else []:
+            say.warn(note)
 
         start_epoch, start_step = self._resume()
         distributed.barrier(ctx)  # nobody writes a new checkpoint before every rank has read the old one
@@ -944,19 +959,19 @@ class _Engine:
             env = _env_info(ctx)
             env["hosts"] = hosts
             env["resumed_at_epoch"] = start_epoch if (start_epoch or start_step) else None
+            numerics = self.numerics.record() if self.numerics is not None else {}
+            env["numerics"] = {**numerics, "amp": self.amp.record()}
             if self.teacher_path is not None:
                 env["teacher"] = {
                     "file": str(self.teacher_path.resolve()),
                     "sha256": _sha256(self.teacher_path),
                     "model": self.spec.tags["teacher_model"],
                 }
-            _write_json_atomic(self.workdir / "env.json", env)
+            ckpt.write_json_atomic(self.workdir / "env.json", env)
             # the checkpoint's history is the truth: drop lines of epochs it does not cover, restore
             # missing ones
             text = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in self.history)
-            tmp = self.workdir / f".metrics.jsonl.tmp{os.getpid()}"
-            tmp.write_text(text)
-            os.replace(tmp, self.workdir / "metrics.jsonl")
+            ckpt.write_text_atomic(self.workdir / "metrics.jsonl", text)
 
         epochs = self.recipe.epochs
         for epoch in range(start_epoch, epochs):
@@ -964,7 +979,7 @@ class _Engine:
 
         result = self._result()
         if ctx.is_main:
-            _write_json_atomic(self.workdir / "result.json", result)
+            ckpt.write_json_atomic(self.workdir / "result.json", result)
             say(f"done: top1 {result['top1']:.2f} top5 {result['top5']:.2f} in {result['wall_time_s']:.1f} s")
         distributed.barrier(ctx)
         return result
@@ -988,6 +1003,8 @@ class _Engine:
         it = iter(self.loader)
         steps_done = 0
         data_wait = 0.0  # seconds the loop blocked on the loader: its share of train time says input-bound
+        pending: list[_StepRecord] = []  # steps whose loss is still on the device (read by _drain)
+        requested = False  # a stop request seen on this rank (single process: acted on at once)
         for step in range(start_step, plan.steps_per_epoch):
             lr = self.last_lr = self.optimizer.param_groups[0]["lr"]
             step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -1022,25 +1039,19 @@ class _Engine:
             if recipe.lr_schedule == "step":
                 self.scheduler.step_update(self.global_step)
 
-            # one small collective per step: NaN or preemption on any rank stops every rank together
-            flags = torch.tensor(
-                [float(not torch.isfinite(step_loss).item()), float(bool(self.should_stop()))],
-                device=ctx.device,
-            )
-            distributed.all_reduce(flags, ctx, op="max")
-            bad, stop = flags.tolist()
-            if bad:
-                raise NonFiniteLoss(epoch, step, self.global_step)
-            self.loss_sum += float(step_loss)
-            self.loss_count += plan.accum
+            pending.append(_StepRecord(step, self.global_step, step_loss, lr, data_wait))
             steps_done += 1
-            progress.update(float(step_loss) / plan.accum, lr, data_wait)
-            if stop:
-                self._reduce_loss_sums()
-                path = self._save(epoch, step + 1)
-                progress.close()
-                self.say(f"stop requested: saved epoch {epoch} step {step + 1} to {path.name}")
-                raise Preempted(epoch, step + 1, path)
+            requested = requested or bool(self.should_stop())
+            due = len(pending) >= SYNC_EVERY or step + 1 == plan.steps_per_epoch
+            if due or (requested and not ctx.distributed):
+                stop = self._drain(pending, epoch, requested, progress)
+                pending = []
+                if stop:
+                    self._reduce_loss_sums()
+                    path = self._save(epoch, step + 1)
+                    progress.close()
+                    self.say(f"stop requested: saved epoch {epoch} step {step + 1} to {path.name}")
+                    raise Preempted(epoch, step + 1, path)
         progress.close()
         train_time = time.monotonic() - t0
         self._reduce_loss_sums()
@@ -1058,13 +1069,10 @@ class _Engine:
         }
         last = epoch + 1 == recipe.epochs
         if last or (spec.eval_every > 0 and (epoch + 1) % spec.eval_every == 0):
-            workers = spec.resources.workers
-            metrics = _evaluate(self.model, self.val_ds, ctx, self.eval_batch, workers, self._autocast)
+            metrics = evaluation.evaluate(self.model, self.val_loader, ctx, self._autocast)
             entry.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
             if self.ema is not None:
-                ema_metrics = _evaluate(
-                    self.ema.module, self.val_ds, ctx, self.eval_batch, workers, self._autocast
-                )
+                ema_metrics = evaluation.evaluate(self.ema.module, self.val_loader, ctx, self._autocast)
                 entry.update(
                     ema_val_top1=ema_metrics["top1"],
                     ema_val_top5=ema_metrics["top5"],
@@ -1089,6 +1097,39 @@ class _Engine:
                 handle.flush()
                 os.fsync(handle.fileno())
         self.say(self._epoch_line(entry))
+
+    def _drain(
+        self, pending: list[_StepRecord], epoch: int, requested: bool, progress: EpochProgress
+    ) -> bool:
+        """Read the pending steps' losses to the host (one sync), stop on a non-finite one, log the rest.
+
+        Returns whether every rank stops now. In a distributed run one all-reduce (max) agrees on a stop
+        request of any rank and on the first non-finite step of any rank, so all ranks raise or stop together.
+        Nothing is saved between a non-finite step and its drain (every save drains first), so the last good
+        checkpoint stays; the error names the first bad step, not the step that noticed it.
+        """
+        ctx, n = self.ctx, len(pending)
+        losses = torch.stack([record.loss for record in pending])
+        if ctx.distributed:
+            position = torch.arange(n, dtype=torch.float64, device=ctx.device)
+            first_bad = torch.where(torch.isfinite(losses), float(n), position).min()
+            stop_flag = torch.full((), float(requested), dtype=torch.float64, device=ctx.device)
+            flags = torch.stack([stop_flag, n - first_bad])
+            distributed.all_reduce(flags, ctx, op="max")
+            stop_value, bad_value, *values = torch.cat([flags, losses]).tolist()
+            first, stop = n - int(bad_value), bool(stop_value)
+        else:
+            values = losses.tolist()
+            first = next((i for i, value in enumerate(values) if not math.isfinite(value)), n)
+            stop = requested
+        if first < n:
+            bad = pending[first]
+            raise NonFiniteLoss(epoch, bad.step, bad.global_step)
+        for record, value in zip(pending, values, strict=True):
+            self.loss_sum += value
+            self.loss_count += self.plan.accum
+            progress.update(value / self.plan.accum, record.lr, record.data_wait)
+        return stop
 
     def _reduce_loss_sums(self) -> None:
         """Sum the partial-epoch loss over ranks into rank 0 (other ranks keep 0: a later sum stays right)."""

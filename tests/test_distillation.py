@@ -141,7 +141,7 @@ def test_distilled_run_trains_records_the_teacher_and_resumes_exactly(
     spec = _distilled_spec()
     teacher = teacher_dir / TEACHER_FILE
     ref = tmp_path / "ref"
-    result = train.run(spec, ref, data_root=fixture_data_root, teacher=teacher)
+    result = train.run(spec, ref, data_root=fixture_data_root, teacher=teacher, device="cpu")
     assert result["teacher"] == TEACHER_FILE and result["epochs"] == 1
     assert json.loads((ref / "result.json").read_text()) == result
     env = json.loads((ref / "env.json").read_text())
@@ -156,7 +156,14 @@ def test_distilled_run_trains_records_the_teacher_and_resumes_exactly(
 
     workdir = tmp_path / "run"
     with pytest.raises(train.Preempted) as info:
-        train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after_10, teacher=teacher)
+        train.run(
+            spec,
+            workdir,
+            data_root=fixture_data_root,
+            should_stop=stop_after_10,
+            teacher=teacher,
+            device="cpu",
+        )
     assert (info.value.epoch, info.value.step) == (0, 10)
     state = checkpoint.load(workdir / checkpoint.CHECKPOINT)
     student_keys = set(
@@ -167,7 +174,7 @@ def test_distilled_run_trains_records_the_teacher_and_resumes_exactly(
 
     with pytest.raises(train.TrainError, match="no teacher file was given"):
         train.run(spec, workdir, data_root=fixture_data_root)  # a resume reloads the teacher: it is needed
-    train.run(spec, workdir, data_root=fixture_data_root, teacher=teacher)
+    train.run(spec, workdir, data_root=fixture_data_root, teacher=teacher, device="cpu")  # exact: on the CPU
     assert _outcome(workdir) == _outcome(ref)
 
 

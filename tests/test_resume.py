@@ -50,7 +50,12 @@ def _outcome(workdir: Path) -> tuple[dict, list[dict]]:
 
 
 def _cli(spec_path: Path, workdir: Path, data_root: Path) -> list[str]:
-    return [sys.executable, "-m", "convit.train", str(spec_path), str(workdir), "--data-root", str(data_root)]
+    # pinned to the CPU: these runs must match bit for bit, which a GPU (atomics in SDPA and cuDNN backward)
+    # only promises with resources.deterministic
+    return [
+        sys.executable, "-m", "convit.train", str(spec_path), str(workdir),
+        "--data-root", str(data_root), "--device", "cpu",
+    ]  # fmt: skip
 
 
 def _same_threads_env() -> dict[str, str]:
@@ -123,18 +128,18 @@ def test_should_stop_mid_epoch_then_resume_matches(tmp_path, fixture_data_root, 
         return should_stop
 
     with pytest.raises(train.Preempted) as info:
-        train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after(3))
+        train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after(3), device="cpu")
     assert (info.value.epoch, info.value.step) == (0, 3)  # 3 steps per epoch: the last step of epoch 0
     state = checkpoint.load(workdir / checkpoint.CHECKPOINT)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
     assert (workdir / "metrics.jsonl").read_text() == ""  # epoch 0 not finished (not evaluated) yet
 
     with pytest.raises(train.Preempted) as info:
-        train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after(4))
+        train.run(spec, workdir, data_root=fixture_data_root, should_stop=stop_after(4), device="cpu")
     assert (info.value.epoch, info.value.step) == (2, 1)  # global step 7, mid-epoch
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
 
-    result = train.run(spec, workdir, data_root=fixture_data_root)
+    result = train.run(spec, workdir, data_root=fixture_data_root, device="cpu")
     got_result, lines = _outcome(workdir)
     assert lines == ref_lines
     assert got_result == ref_result
@@ -153,7 +158,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated mid-write
 
     spec = resume_spec(workers=1)
-    train.run(spec, workdir, data_root=fixture_data_root)
+    train.run(spec, workdir, data_root=fixture_data_root, device="cpu")
     captured = capsys.readouterr()
     assert "checkpoint.pth is unreadable" in captured.err
     assert "resumed from checkpoint.prev.pth: epoch 2" in captured.out
@@ -192,12 +197,12 @@ def test_spec_mismatch_is_refused_and_a_finished_run_returns_its_result(tmp_path
     shutil.copytree(ref_dir, workdir)
     changed = replace(resume_spec(workers=1), seed=1, recipe=replace(resume_spec().recipe, base_lr=1e-3))
     with pytest.raises(train.SpecMismatch) as info:
-        train.run(changed, workdir)
+        train.run(changed, workdir, device="cpu")
     assert info.value.keys == ["recipe.base_lr", "seed"]
     assert "recipe.base_lr" in str(info.value) and "seed" in str(info.value)
 
     t0 = time.monotonic()
-    stored = train.run(resume_spec(workers=1), workdir)
+    stored = train.run(resume_spec(workers=1), workdir, device="cpu")
     assert time.monotonic() - t0 < 1.0
     assert {k: v for k, v in stored.items() if k not in train.TIMING_KEYS} == ref_result
 
@@ -223,7 +228,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fixt
     spec = replace(resume_spec(), probes=ProbeSpec(every=0))
     workdir = tmp_path / "run"
     with pytest.raises(train.NonFiniteLoss, match=r"epoch 1 \(0-based\), step 1 of the epoch"):
-        train.run(spec, workdir, data_root=fixture_data_root)
+        train.run(spec, workdir, data_root=fixture_data_root, device="cpu")
     state = checkpoint.load(workdir / checkpoint.CHECKPOINT)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 3)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
