@@ -335,7 +335,9 @@ def _pick_device(requested: str | None, local_rank: int) -> torch.device:
         if problem is not None:
             if reason is not None:
                 raise DeviceError(f"{reason}, but {problem}; refusing to fall back to the CPU")
-            raise DeviceError(f"{problem} (pass --device cpu to train on the CPU anyway)")
+            raise DeviceError(
+                f"{problem} (to train on the CPU anyway: --device cpu, or CUDA_VISIBLE_DEVICES= to hide it)"
+            )
         requested = "cuda"
     dev = resolve_device(requested)
     if dev.type == "cpu" or dev.index is not None:

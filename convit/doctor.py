@@ -56,7 +56,10 @@ class Finding:
 def _machine(facts: distributed.CudaFacts, *, need_gpu: bool, login_node: bool) -> list[Finding]:
     """torch build, driver, each visible GPU (capability vs arch list, bf16), nccl."""
     out: list[Finding] = []
-    fail = BLOCK if need_gpu and not login_node else INFO
+    # locally, a GPU that is there but unusable stops training even at a CPU scale (convit.distributed
+    # refuses to fall back silently); on a login node the compute nodes decide
+    present = facts.available or bool(facts.devices)
+    fail = INFO if login_node else BLOCK if need_gpu or present else INFO
     where = "login node: " if login_node else ""
     if facts.runtime is None:
         out.append(Finding(fail if need_gpu else INFO, "torch", f"{facts.torch_version}: a CPU-only build"))

@@ -190,6 +190,8 @@ def test_unsupported_gpu_is_an_error_even_unasked(monkeypatch) -> None:
         with pytest.raises(DeviceError, match=r"compute capability 7\.0") as info:
             distributed._pick_device(requested, 0)
         assert "\n" not in str(info.value)
+        if requested is None:  # nobody asked for the GPU: say how to train on the CPU (CLIs without --device)
+            assert "CUDA_VISIBLE_DEVICES= to hide it" in str(info.value)
     assert distributed._pick_device("cpu", 0) == torch.device("cpu")  # asked for explicitly: fine
 
 

@@ -164,3 +164,12 @@ def test_cli_exit_status(tmp_path) -> None:
     bad = subprocess.run(base + ["nope"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert bad.returncode == 1 and "BLOCK suite: unknown suite 'nope'" in bad.stdout
     assert doctor.main(["--cluster", "slurm", "--results", str(tmp_path)]) == 1
+
+
+def test_an_unusable_gpu_blocks_even_a_cpu_scale_locally(tmp_path, folders) -> None:
+    """Training refuses a present-but-unusable GPU (no silent CPU fallback), so doctor must say so too."""
+    cpu_scale = doctor.check("sample_efficiency", "cpu", **folders, facts=V100)
+    assert blocked(cpu_scale, "cuda") and blocked(cpu_scale, "gpu")
+    assert blocked(doctor.check(**folders, facts=V100), "cuda")
+    on_slurm = doctor.check("sample_efficiency", "cpu", profile(tmp_path), **folders, facts=V100)
+    assert not blocked(on_slurm, "cuda") and not blocked(on_slurm, "gpu")
