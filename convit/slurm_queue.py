@@ -23,6 +23,7 @@ time-outs submitit stops requeueing ("timed-out too many times"). So a run in ``
 
 from __future__ import annotations
 
+import getpass
 import math
 import re
 import subprocess
@@ -324,8 +325,11 @@ def parse_queue(text: str) -> dict[str, QueuedJob]:
 
 
 def queue() -> dict[str, QueuedJob]:
-    """This user's queued and running jobs, array tasks one by one (raises :class:`QueueError`)."""
-    return parse_queue(_run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%r|%l|%P"]))
+    """This user's queued and running jobs, array tasks one by one (raises :class:`QueueError`).
+
+    ``-u USER`` rather than ``--me``, which SLURM before 20.11 lacks."""
+    user = getpass.getuser()
+    return parse_queue(_run(["squeue", "-u", user, "-h", "-r", "-o", "%i|%T|%r|%l|%P"]))
 
 
 def cancel(job_ids: list[str]) -> None:

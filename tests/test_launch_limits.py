@@ -198,3 +198,27 @@ def test_status_line_tells_pending_from_running_with_the_reason(tmp_path: Path) 
     line = launcher._progress(list(zip(specs, dirs, strict=True)), queued)
     assert line.startswith("1 running, 0% of their epochs done; least advanced")
     assert line.endswith("; 5 pending (Priority: 4, JobArrayTaskLimit: 1)")
+
+
+def test_dry_run_without_slurm_commands_still_shows_the_limits_and_says_they_are_unchecked(
+    tmp_path: Path,
+) -> None:
+    """On a machine without SLURM's clients (a laptop) the plan still shows each job's derived limit."""
+    import os
+    import shutil
+
+    from tiny import REPO, launch
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("python", "python3"):  # a PATH with no scontrol / sinfo on it
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {**os.environ, "PATH": str(bin_dir)}
+    profile = REPO / "slurm" / "profiles" / "local-short.yaml"
+    args = ["--cluster", "slurm", "--profile", str(profile), "--dry-run", "--workdir", str(tmp_path)]
+    proc = launch("sample_efficiency", "--scale", "smoke", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    runs = [line for line in proc.stdout.splitlines() if line.startswith(("deit-", "convit-"))]
+    assert len(runs) == 10 and all(line.split()[-1] == "0:15:00" for line in runs), runs  # the floor
+    assert "note: partition limits not checked (scontrol not found" in proc.stdout
