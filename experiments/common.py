@@ -354,8 +354,11 @@ def eval_spec(
 
     ``checkpoint`` is ``"run:<variant>"`` (the training run of this suite with that variant and the same
     seed: its final ``checkpoint.pth``) or ``"file:<name>"`` (a file under the launcher's ``--checkpoints``
-    folder, e.g. the released ``convit_tiny.pth``). The spec's recipe is irrelevant to evaluation; the engine
-    never sees these specs (``experiments/evaluate.py`` runs them).
+    folder, e.g. the released ``convit_tiny.pth``). The spec's recipe is irrelevant to evaluation except
+    ``amp`` (the precision it evaluates in on a GPU, as the engine does); the engine never sees these specs
+    (``experiments/evaluate.py`` runs them). Evaluation gets one node and one GPU whatever the training spec
+    had: the launcher submits ``nodes x gpus_per_node`` tasks, and one forward pass over a validation set
+    needs no more (the other resource fields, hence the digests at the one-device scales, are kept).
     """
     if train is not None:
         model = model or train.model
@@ -375,6 +378,7 @@ def eval_spec(
     base = train if train is not None else RunSpec()
     return dataclasses.replace(
         base,
+        resources=dataclasses.replace(base.resources, nodes=1, gpus_per_node=1),
         model=model,
         data=dataclasses.replace(data, fraction=1.0),
         probes=ProbeSpec(every=0),

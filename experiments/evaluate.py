@@ -2,14 +2,21 @@
 
 The engine (``convit.train``) trains; masking (Tables 5/6) and the released-weights check of Table 1 only
 evaluate. :class:`EvalJob` is the picklable callable the launcher submits for such entries (see
-``experiments.common.eval_spec``); it writes the same run-directory files the collector reads
-(``spec.json``, ``result.json``), so eval rows and training rows land in one CSV.
+``experiments.common.eval_spec``, which gives them one device); it writes the same run-directory files the
+collector reads (``spec.json``, ``result.json``, and ``env.json``), so eval rows and training rows land in
+one CSV.
+
+The numbers are the engine's: the same evaluation function (:mod:`convit.evaluation`), batch size and
+precision rule (the spec's ``recipe.amp`` on a GPU, float32 on CPU; :mod:`convit.cudaconf`), so evaluating a
+run's final checkpoint reproduces its last ``val_top1``/``val_loss`` (bit for bit on CPU). Launched as several
+tasks (``WORLD_SIZE > 1``) the ranks share the validation set and rank 0 alone writes the files; every JSON is
+written atomically, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,65 +27,80 @@ __all__ = ["EvalJob", "evaluate"]
 
 
 def evaluate(
-    spec: RunSpec, workdir: str | Path, checkpoint: str | Path, data_root: str | Path | None = None
+    spec: RunSpec,
+    workdir: str | Path,
+    checkpoint: str | Path,
+    data_root: str | Path | None = None,
+    *,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` for ``spec`` (model, data, ``tags['intervention']``); write ``result.json``."""
-    import torch
-    from torch.utils.data import DataLoader
+    """Evaluate ``checkpoint`` for ``spec`` (model, data, ``tags['intervention']``); write ``result.json``.
 
-    from convit import data, models
+    ``device`` is as for ``convit.train.run`` (default: the GPU when there is one).
+    """
+    from convit import checkpoint as ckpt
+    from convit import cudaconf, data, distributed, evaluation, models
+    from convit.train import _env_info
 
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     result_path = workdir / "result.json"
     spec_path = workdir / "spec.json"
     if spec_path.exists() and json.loads(spec_path.read_text()) != spec.to_dict():
         raise RuntimeError(f"{workdir} holds another spec; use another workdir")
     if result_path.exists():
         return json.loads(result_path.read_text())
-    spec_path.write_text(spec.to_json())
     start = time.time()
-    _, val = data.build_datasets(spec.data, spec.recipe, data_root)
-    model = models.create(
-        spec.model.name,
-        num_classes=data.num_classes(spec.data),
-        img_size=spec.data.img_size,
-        **spec.model.kwargs,
-    )
-    models.load_weights(model, checkpoint)
-    intervention = dict(spec.tags.get("intervention") or {})
-    if intervention:
-        model.set_intervention(**intervention)  # type: ignore[operator]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    loader = DataLoader(val, batch_size=128, shuffle=False, num_workers=spec.resources.workers)
-    loss_sum = correct1 = correct5 = count = 0.0
-    criterion = torch.nn.CrossEntropyLoss(reduction="sum")
-    with torch.no_grad():
-        for images, targets in loader:
-            images, targets = images.to(device), targets.to(device)
-            logits = model(images).float()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hit = top.eq(targets[:, None])
-            loss_sum += float(criterion(logits, targets))
-            correct1 += float(hit[:, :1].sum())
-            correct5 += float(hit.any(dim=1).sum())
-            count += targets.numel()
-    count = max(count, 1.0)
-    result = {
-        "top1": 100.0 * correct1 / count,
-        "top5": 100.0 * correct5 / count,
-        "loss": loss_sum / count,
-        "epochs": 0,
-        "wall_time_s": time.time() - start,
-        "world_size": 1,
-        "params": sum(p.numel() for p in model.parameters()),
-        "checkpoint": str(checkpoint),
-    }
-    tmp = result_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-    os.replace(tmp, result_path)
-    return result
+    with cudaconf.Numerics(spec.resources.deterministic) as numerics:
+        ctx = distributed.setup(device)
+        try:
+            numerics.apply(ctx.device)
+            if ctx.is_main:
+                workdir.mkdir(parents=True, exist_ok=True)
+                if not spec_path.exists():
+                    ckpt.write_text_atomic(spec_path, spec.to_json() + "\n")
+            _, val = data.build_datasets(spec.data, spec.recipe, data_root)
+            model = models.create(
+                spec.model.name,
+                num_classes=data.num_classes(spec.data),
+                img_size=spec.data.img_size,
+                **spec.model.kwargs,
+            )
+            models.load_weights(model, checkpoint)
+            intervention = dict(spec.tags.get("intervention") or {})
+            if intervention:
+                model.set_intervention(**intervention)  # type: ignore[operator]
+            model.to(ctx.device)
+            amp = cudaconf.amp_choice(spec.recipe.amp, ctx.device)
+            cuda_notes = [amp.reason] if ctx.device.type == "cuda" and amp.reason else []
+            for note in numerics.notes + cuda_notes if ctx.is_main else []:
+                print(f"warning: {note}", file=sys.stderr, flush=True)
+            # the engine's batch: 1.5 x its per-device training batch
+            per_device = spec.resources.per_device_batch or max(1, spec.recipe.batch_size // ctx.world_size)
+            loader = evaluation.make_loader(
+                val, ctx, evaluation.eval_batch_size(per_device), spec.resources.workers
+            )
+            metrics = evaluation.evaluate(
+                model, loader, ctx, lambda: evaluation.autocast(ctx.device, amp.dtype)
+            )
+            result = {
+                "top1": metrics["top1"],
+                "top5": metrics["top5"],
+                "loss": metrics["loss"],
+                "epochs": 0,
+                "wall_time_s": time.time() - start,
+                "world_size": ctx.world_size,
+                "params": sum(p.numel() for p in model.parameters()),
+                "checkpoint": str(checkpoint),
+            }
+            if ctx.is_main:
+                env = _env_info(ctx)
+                env["numerics"] = {**numerics.record(), "amp": amp.record()}
+                ckpt.write_json_atomic(workdir / "env.json", env)
+                ckpt.write_json_atomic(result_path, result)
+            distributed.barrier(ctx)  # nobody reports done before rank 0 has written the result
+            return result
+        finally:
+            distributed.teardown(ctx)
 
 
 class EvalJob:
@@ -96,4 +118,14 @@ class EvalJob:
         return f"EvalJob(workdir={str(self.workdir)!r}, checkpoint={str(self.checkpoint)!r})"
 
     def __call__(self) -> dict[str, Any]:
+        import submitit
+
+        try:
+            env = submitit.JobEnvironment()
+        except RuntimeError:  # not under submitit (plain Python, tests)
+            env = None
+        if env is not None and env.num_tasks > 1:
+            # several tasks (a spec that asks for more than eval_spec's one device): one process group, the
+            # ranks share the validation set and rank 0 writes, instead of N copies racing on the same files
+            submitit.helpers.TorchDistributedEnvironment().export()
         return evaluate(self.spec, self.workdir, self.checkpoint, self.data_root)
