@@ -256,6 +256,16 @@ def split_suffixes(name: str) -> tuple[str, frozenset[str]]:
     return base, frozenset(flags)
 
 
+def _depth_overrides(name: str, depth: int | None) -> dict[str, int]:
+    """``--depth D``: D blocks; ConViT models (ours and timm's) keep the paper's share of GPSA blocks,
+    round(10 D / 12), at least 1 and at most D - 1 (the class token joins before an MHSA block)."""
+    if depth is None:
+        return {}
+    if "convit" not in name:
+        return {"depth": depth}
+    return {"depth": depth, "local_up_to_layer": max(1, min(depth - 1, round(10 * depth / 12)))}
+
+
 def _build(name: str, **kwargs: Any) -> nn.Module:
     return build(name, **kwargs)  # indirection so tests can shrink the models
 
@@ -268,13 +278,16 @@ class _Runner:
         self.device = device
         self.dtype = args.dtype
         base, flags = split_suffixes(name)
-        self.eager = _build(base, img_size=args.img_size, drop_path=args.drop_path).to(device)
+        overrides = _depth_overrides(base, getattr(args, "depth", None))
+        self.eager = _build(base, img_size=args.img_size, drop_path=args.drop_path, **overrides).to(device)
         if "content-only" in flags:
             local = getattr(self.eager, "local_layers", list)()
             if not local:
                 raise ValueError(f"{name}: +content-only needs a model with GPSA/PSA layers")
             self.eager.set_intervention(mask_position_layers=len(local))
-        self.model = torch.compile(self.eager) if args.compile or "compile" in flags else self.eager
+        backend = getattr(args, "compile_backend", "inductor")
+        compiled = args.compile or "compile" in flags
+        self.model = torch.compile(self.eager, backend=backend) if compiled else self.eager
         self.optimizer = torch.optim.AdamW(self.eager.parameters(), lr=1e-4, weight_decay=0.05)
         gen = torch.Generator().manual_seed(0)
         self.images = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(device)
@@ -530,6 +543,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=3, help="timed steps per model per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed train+infer steps per model")
     parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument(
+        "--depth", type=int, default=None, help="blocks per model (quick checks; default: the model's)"
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (aot_eager traces without code generation: a quick check on a CPU)",
+    )
     parser.add_argument("--drop-path", type=float, default=0.1)
     parser.add_argument(
         "--reference", default=None, help="comma-separated reference models (default: all but the first)"
@@ -544,6 +565,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.reference = args.reference.split(",") if args.reference else args.models[1:] or args.models[:1]
+    if args.depth is not None and args.depth < 2:
+        parser.error("--depth must be >= 2 (a ConViT needs a GPSA and an MHSA block)")
     unknown = [r for r in args.reference if r not in args.models]
     if unknown:
         parser.error(f"reference models {unknown} are not in --models")

@@ -99,3 +99,16 @@ def test_no_peak_figures_without_cuda_statistics(tmp_path) -> None:
     finally:
         bench._build = orig
     assert result.peak_train_mb is None and result.peak_infer_mb is None and result.activation_mb > 0
+
+
+def test_depth_option_keeps_the_gpsa_share_and_is_validated() -> None:
+    """``--depth`` (the GPU check's quick mode): ConViT keeps round(10 D / 12) GPSA blocks, at least one and
+    with an MHSA block after them; DeiT only gets the depth; below 2 blocks is a one-line usage error."""
+    assert bench._depth_overrides("convit_small", None) == {}
+    assert bench._depth_overrides("convit_small", 12) == {"depth": 12, "local_up_to_layer": 10}
+    assert bench._depth_overrides("timm:convit_tiny", 2) == {"depth": 2, "local_up_to_layer": 1}
+    assert bench._depth_overrides("deit_small", 3) == {"depth": 3}
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "convit_tiny", "--depth", "1", "--device", "cpu"])
+    model = bench._build("convit_tiny", img_size=32, **bench._depth_overrides("convit_tiny", 3))
+    assert len(model.blocks) == 3 and model.local_layers() == [0, 1]
