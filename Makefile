@@ -14,7 +14,7 @@ SCALE ?= cpu
 # local runs at once: two one-thread runs use 2 cores better than one two-thread run (~2x vs ~1.45x)
 PARALLEL ?= 2
 
-.PHONY: install run test slurm slurm-multinode lint bench-gpu
+.PHONY: install run test slurm slurm-multinode lint bench-gpu gpu-check
 
 install:
 	$(PYTHON) -m pip install -q -e ".[dev]"
@@ -51,3 +51,12 @@ bench-gpu: install
 	$(BENCH_GPU) --models convit_tiny,deit_tiny,timm:convit_tiny --csv results/bench/gpu-tiny.csv
 	$(BENCH_GPU) --models convit_small+compile,convit_small,deit_small+compile,deit_small \
 		--reference convit_small,deit_small --csv results/bench/gpu-small-compile.csv
+
+# Issue 15's GPU acceptance check (one CUDA GPU, < 8 min): bf16 and fp16 smoke training (finite loss, checkpoint,
+# resume, NaN guard), eval-only, torch.compile on/off, the benchmark targets above, the loader at the reduced
+# scale; report in results/bench/gpu-check.md (+ .json), each step pass / fail / skip with its numbers.
+# ARCHIVES: a folder with fixtures/ (and tiny-imagenet-200/ for the loader step). No install prerequisite: a GPU
+# machine may be offline, and the check runs from the working tree.
+ARCHIVES ?= $(CONVIT_DATA_ARCHIVES)
+gpu-check:
+	$(PYTHON) -m convit.gpucheck --device cuda --archives $(ARCHIVES) --out results/bench
