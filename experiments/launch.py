@@ -571,7 +571,6 @@ def _run_batch(
     """Submit ``items`` (spec, workdir, callable) grouped by resources and time limit (``limits``: run name
     -> ``slurm_queue.Decision``; default the spec's or :data:`LOCAL_TIMEOUT_MIN`), wait, and return failure
     lines. On SLURM a job whose pending reason cannot clear is cancelled and reported; the others go on."""
-    from convit import jobs, slurm_queue
 
     def minutes(spec: RunSpec) -> int:
         if limits is not None and run_name(spec) in limits:
@@ -583,6 +582,45 @@ def _run_batch(
         key = (*_resources(item[0], args, profile), minutes(item[0]))
         groups.setdefault(key, []).append(item)
     failures: list[str] = []
+    doomed: list[Any] = []  # jobs that will never start, cancelled once the rest of their array is done
+    try:
+        return _wait_groups(groups, args, profile, folder, name, failures, doomed)
+    finally:
+        _cancel_doomed(doomed, [])
+
+
+def _array_of(job: Any) -> str:
+    return str(job.job_id).split("_")[0]
+
+
+def _cancel_doomed(doomed: list[Any], pending: Sequence[tuple[Any, Any]]) -> None:
+    """scancel the jobs in ``doomed`` (removing them) whose array has no other job still waited for.
+
+    Not at once: cancelling a pending task of an array makes sacct report the array's record CANCELLED over
+    the whole index range, which submitit reads as the state of every task, so a running sibling would look
+    cancelled and its result be lost to the launcher (seen on SLURM 22.05 with submitit 1.5).
+    """
+    from convit import slurm_queue
+
+    busy = {_array_of(job) for _, job in pending}
+    ready = [job for job in doomed if _array_of(job) not in busy]
+    if ready:
+        slurm_queue.cancel([str(job.job_id) for job in ready])
+        doomed[:] = [job for job in doomed if job not in ready]
+
+
+def _wait_groups(
+    groups: dict[tuple[int, int, int, int], list[tuple[RunSpec, Path, Any]]],
+    args: argparse.Namespace,
+    profile: Any,
+    folder: Path,
+    name: str,
+    failures: list[str],
+    doomed: list[Any],
+) -> list[str]:
+    """The submit-and-wait loop of :func:`_run_batch`, one resource group after the other."""
+    from convit import jobs, slurm_queue
+
     for (nodes, gpus, tasks, timeout), group in groups.items():
         # SLURM: the whole group at once (one array; the scheduler and the profile's array_parallelism
         # pace it). Local: a pool of --parallel slots, refilled as soon as a run ends, so a short run
@@ -630,12 +668,13 @@ def _run_batch(
             if args.cluster == "slurm" and pending:
                 queued, hopeless = _never_starting(pending)
                 for item, job, reason, fix in hopeless:
-                    slurm_queue.cancel([str(job.job_id)])
                     line = f"{run_name(item[0])}: SLURM will never start job {job.job_id} ({reason}): {fix}"
                     failures.append(f"{line} (cancelled)")
-                    print(f"NEVER STARTS {line}; cancelled it", file=sys.stderr, flush=True)
+                    print(f"NEVER STARTS {line}; cancelling it", file=sys.stderr, flush=True)
+                    doomed.append(job)
                 gone = {id(job) for _, job, _, _ in hopeless}
                 pending = [(item, job) for item, job in pending if id(job) not in gone]
+            _cancel_doomed(doomed, pending)
             if pending and (not todo or len(pending) >= slots):
                 # a line when something moved (each run reports every minute), else a heartbeat
                 line = _progress([(it[0], it[1]) for it, _ in pending], queued)

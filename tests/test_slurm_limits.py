@@ -13,7 +13,9 @@ Smoke-scale runs of one epoch on 10 images: seconds each. Every wait is bounded.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -139,12 +141,31 @@ def test_a_profile_timeout_caps_the_request_says_so_and_the_run_completes(
 
 
 # ------------------------------------------------------------------------------------------ in the queue
+def _trainer_pids(job_id: str) -> list[int]:
+    """The python processes of array task ``job_id`` (``41_0``), found by the environment SLURM gave them."""
+    array, task = job_id.split("_")
+    want = {f"SLURM_ARRAY_JOB_ID={array}", f"SLURM_ARRAY_TASK_ID={task}"}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            env = set((proc / "environ").read_bytes().decode(errors="replace").split("\0"))
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if want <= env and "python" in cmdline.split("\0")[0]:
+            pids.append(int(proc.name))
+    return pids
+
+
 def test_a_job_slurm_will_never_start_is_reported_and_the_job_that_fits_runs(
     tmp_path: Path, fixture_data_root: Path
 ) -> None:
     """Two runs on 'short' (one CPU a node): one runs, the other waits (Resources). Then the partition's
     MaxTime drops to 3 minutes, under the waiting job's 5: SLURM itself switches its reason to
-    PartitionTimeLimit, and it would pend for ever. The launcher cancels it with one line and goes on."""
+    PartitionTimeLimit, and it would pend for ever. The launcher reports it in one line while the other job
+    still runs (its trainer is held with SIGSTOP until then, so the order does not depend on the machine's
+    speed), and that job then runs to the end: cancelling the pending task while its sibling runs would have
+    made submitit read the whole array as CANCELLED (``_cancel_doomed``)."""
     original = _scontrol_partition("short")["MaxTime"]
     cmd = [sys.executable, str(REPO / "experiments" / "launch.py"), *_common(tmp_path, fixture_data_root)]
     cmd += ["--profile", str(SHORT)]
@@ -160,24 +181,40 @@ def test_a_job_slurm_will_never_start_is_reported_and_the_job_that_fits_runs(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     jobs: dict[str, str] = {}
+    stopped: list[int] = []
     try:
         deadline = time.monotonic() + 240
-        while True:  # until one job runs and the other waits
+        while True:  # until one job's trainer runs and the other job waits
             assert time.monotonic() < deadline, "\n".join(lines)
             assert proc.poll() is None, "the launcher ended early:\n" + "\n".join(lines)
             jobs = {m.group(2): m.group(1) for m in map(SUBMITTED.match, list(lines)) if m}
             states = _squeue()
             if len(jobs) == 2 and sorted(states.get(j, "") for j in jobs) == ["PENDING", "RUNNING"]:
-                break
-            time.sleep(0.3)
-        waiting = next(j for j in jobs if states[j] == "PENDING")
-        runner = next(j for j in jobs if states[j] == "RUNNING")
-        subprocess.run(
-            ["scontrol", "update", "PartitionName=short", "MaxTime=00:03:00"], check=True, timeout=30
-        )
+                runner = next(j for j in jobs if states[j] == "RUNNING")
+                stopped = _trainer_pids(runner)
+                if stopped:
+                    break
+            time.sleep(0.2)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        waiting = next(j for j in jobs if j != runner)
+        lower = ["scontrol", "update", "PartitionName=short", "MaxTime=00:03:00"]
+        subprocess.run(lower, check=True, timeout=30)
+        deadline = time.monotonic() + 90
+        while not any(line.startswith("NEVER STARTS") for line in list(lines)):
+            assert time.monotonic() < deadline, "no NEVER STARTS line:\n" + "\n".join(lines)
+            time.sleep(0.5)
+        assert _squeue().get(runner) == "RUNNING"
+        assert not any(ln.startswith((f"done {jobs[runner]}", f"FAILED {jobs[runner]}")) for ln in lines)
+        assert _squeue().get(waiting) == "PENDING"  # cancelled only once its sibling is done
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped = []
         rc = proc.wait(timeout=400)
         reader.join(timeout=30)
     finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
         subprocess.run(["scontrol", "update", "PartitionName=short", f"MaxTime={original}"], timeout=30)
         if proc.poll() is None:
             proc.kill()
@@ -192,7 +229,7 @@ def test_a_job_slurm_will_never_start_is_reported_and_the_job_that_fits_runs(
         assert needle in never[0], never[0]
     assert waiting not in _squeue()  # cancelled, not left pending
     # the job that fits ran to the end, with the limit the launcher chose (MaxTime: the floor is over it)
-    assert f"done {jobs[runner]}" in output
+    assert f"done {jobs[runner]}" in output and lines.index(never[0]) < lines.index(f"done {jobs[runner]}")
     assert _sacct_timelimit(runner) == "00:05:00"
     assert (tmp_path / "runs" / "sample_efficiency" / "smoke" / jobs[runner] / "result.json").is_file()
     assert not (tmp_path / "runs" / "sample_efficiency" / "smoke" / jobs[waiting] / "result.json").exists()
