@@ -199,6 +199,16 @@ def _metrics(workdir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _guarded(checks: list[Check], label: str, part: Callable[[], None]) -> None:
+    """Run one part of a step; an exception becomes a failed check naming it, and the next part still runs."""
+    try:
+        part()
+    except Exception as exc:  # noqa: BLE001 - reported in the check, the step goes on
+        traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        checks.append(Check(label, False, f"{type(exc).__name__}: {first}"))
+
+
 def _smoke(cfg: Config, amp: str) -> StepResult:
     import torch
 
@@ -208,132 +218,135 @@ def _smoke(cfg: Config, amp: str) -> StepResult:
     base = Path(cfg.work) / name
     checks: list[Check] = []
     numbers: dict[str, Any] = {}
-
-    # 1. preempted mid-epoch (deterministic numerics), then resumed
     spec = _smoke_spec(cfg, amp, deterministic=True)
-    resumed_dir = base / "resumed"
-    calls = {"n": 0}
-    stop_at = 3 if cfg.quick else 8  # a step inside the first (quick) or the second epoch
-
-    def stop_after() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= stop_at
-
-    t0 = time.perf_counter()
-    try:
-        train.run(spec, resumed_dir, data_root=cfg.data_root, device=cfg.device, should_stop=stop_after)
-        checks.append(Check("preempted by should_stop", False, "the run finished instead"))
-    except train.Preempted:
-        state = checkpoint.load(resumed_dir / checkpoint.CHECKPOINT)
-        at = (state["epoch"], state["step_in_epoch"], state["global_step"])
-        checks.append(Check("preempted by should_stop, checkpoint saved", True, f"epoch/step/global {at}"))
-        if amp == "fp16":  # the engine's GradScaler runs on a GPU only (a CPU trains in fp32)
-            scale = (state.get("scaler") or {}).get("scale")
-            ok = (scale is not None) if cfg.on_gpu else None
-            checks.append(Check("GradScaler state in the checkpoint", ok, f"scale {scale}"))
-    result = train.run(spec, resumed_dir, data_root=cfg.data_root, device=cfg.device)
-    numbers["resumed_run_s"] = round(time.perf_counter() - t0, 1)
-    lines = _metrics(resumed_dir)
-    losses = [m["train_loss"] for m in lines]
-    checks.append(
-        Check(
-            "resumed run finished: one line per epoch, finite losses",
-            [m["epoch"] for m in lines] == list(range(1, spec.recipe.epochs + 1))
-            and all(math.isfinite(x) for x in losses),
-            f"losses {[round(x, 4) for x in losses]}",
-        )
-    )
-    checks.append(
-        Check(
-            "checkpoint.pth and result.json",
-            (resumed_dir / checkpoint.CHECKPOINT).exists() and (resumed_dir / "result.json").exists(),
-            f"top1 {result.get('top1')}",
-        )
-    )
-    device_name = str(json.loads((resumed_dir / "env.json").read_text()).get("device", ""))
-    on_cpu = device_name.startswith("cpu")
-    checks.append(Check("trained on the requested device", on_cpu != cfg.on_gpu, device_name))
-
-    # 2. the same run in one go: equal to the resumed one, bit for bit (deterministic numerics)
-    straight_dir = base / "straight"
-    t0 = time.perf_counter()
-    straight = train.run(spec, straight_dir, data_root=cfg.data_root, device=cfg.device)
-    numbers["straight_run_s"] = round(time.perf_counter() - t0, 1)
-    keep = [k for k in straight if k not in train.TIMING_KEYS]
-    same = all(straight[k] == result[k] for k in keep)
-    same_curves = [
-        {k: v for k, v in m.items() if k not in train.TIMING_KEYS} for m in _metrics(straight_dir)
-    ] == [{k: v for k, v in m.items() if k not in train.TIMING_KEYS} for m in lines]
-    checks.append(
-        Check(
-            "resume is exact (deterministic): result and curves equal the uninterrupted run",
-            same and same_curves,
-            f"top1 {straight.get('top1')} vs {result.get('top1')}",
-        )
-    )
-    numbers["top1"], numbers["loss"] = straight.get("top1"), straight.get("loss")
-    last = _metrics(straight_dir)[-1]
-    numbers["images_per_s"] = last.get("images_per_s")
-
-    # 3. the default (fast, nondeterministic) numerics: a plain run trains
-    fast_dir = base / "fast"
+    resumed_dir, straight_dir = base / "resumed", base / "straight"
     fast_spec = _smoke_spec(cfg, amp, deterministic=False, epochs=2)  # 2 epochs: the NaN run needs them
-    fast = train.run(fast_spec, fast_dir, data_root=cfg.data_root, device=cfg.device)
-    fast_losses = [m["train_loss"] for m in _metrics(fast_dir)]
-    checks.append(
-        Check(
-            "default numerics: finite losses and result",
-            all(map(math.isfinite, fast_losses)) and math.isfinite(fast["loss"]),
-            f"losses {[round(x, 4) for x in fast_losses]}",
-        )
-    )
+    done: dict[str, dict[str, Any]] = {}
 
-    # 4. NaN guard: the 2nd training forward of the 2nd epoch returns NaN (after the first epoch's
-    # checkpoint); the run stops naming it and keeps that checkpoint
-    nan_dir = base / "nan"
-    real_create = models.create
-    poison_at = (5 if cfg.quick else 6) + 2  # steps per epoch: 40 // 8 (quick) or 200 // 32, plus 2
+    def without_timing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in m.items() if k not in train.TIMING_KEYS} for m in rows]
 
-    def poisoned(model_name: str, **kwargs: Any) -> torch.nn.Module:
-        model = real_create(model_name, **kwargs)
-        seen = {"n": 0}
+    def preempt_and_resume() -> None:
+        """Preempted mid-epoch through should_stop (deterministic numerics), then resumed to the end."""
+        calls = {"n": 0}
+        stop_at = 3 if cfg.quick else 8  # a step inside the first (quick) or the second epoch
 
-        def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-            if not module.training:
-                return output
-            seen["n"] += 1
-            return output * float("nan") if seen["n"] >= poison_at else output
+        def stop_after() -> bool:
+            calls["n"] += 1
+            return calls["n"] >= stop_at
 
-        model.register_forward_hook(hook)
-        return model
-
-    models.create = poisoned  # train.py looks it up on the module at run time
-    try:
-        train.run(
-            replace(fast_spec, tags={**fast_spec.tags, "check": f"{name}-nan"}),
-            nan_dir,
-            data_root=cfg.data_root,
-            device=cfg.device,
-        )
-        checks.append(Check("NaN guard stops the run", False, "the poisoned run finished"))
-    except train.NonFiniteLoss as err:
-        state = (
-            checkpoint.load(nan_dir / checkpoint.CHECKPOINT)
-            if (nan_dir / checkpoint.CHECKPOINT).exists()
-            else None
-        )
-        finite = state is not None and all(
-            torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+        t0 = time.perf_counter()
+        try:
+            train.run(spec, resumed_dir, data_root=cfg.data_root, device=cfg.device, should_stop=stop_after)
+            checks.append(Check("preempted by should_stop", False, "the run finished instead"))
+        except train.Preempted:
+            state = checkpoint.load(resumed_dir / checkpoint.CHECKPOINT)
+            at = (state["epoch"], state["step_in_epoch"], state["global_step"])
+            checks.append(
+                Check("preempted by should_stop, checkpoint saved", True, f"epoch/step/global {at}")
+            )
+            if amp == "fp16":  # the engine's GradScaler runs on a GPU only (a CPU trains in fp32)
+                scale = (state.get("scaler") or {}).get("scale")
+                ok = (scale is not None) if cfg.on_gpu else None
+                checks.append(Check("GradScaler state in the checkpoint", ok, f"scale {scale}"))
+        done["resumed"] = result = train.run(spec, resumed_dir, data_root=cfg.data_root, device=cfg.device)
+        numbers["resumed_run_s"] = round(time.perf_counter() - t0, 1)
+        lines = _metrics(resumed_dir)
+        losses = [m["train_loss"] for m in lines]
+        checks.append(
+            Check(
+                "resumed run finished: one line per epoch, finite losses",
+                [m["epoch"] for m in lines] == list(range(1, spec.recipe.epochs + 1))
+                and all(math.isfinite(x) for x in losses),
+                f"losses {[round(x, 4) for x in losses]}",
+            )
         )
         checks.append(
             Check(
-                "NaN guard stops the run, last checkpoint finite, no result",
-                finite and not (nan_dir / "result.json").exists(),
-                str(err),
+                "checkpoint.pth and result.json",
+                (resumed_dir / checkpoint.CHECKPOINT).exists() and (resumed_dir / "result.json").exists(),
+                f"top1 {result.get('top1')}",
             )
         )
-    finally:
-        models.create = real_create
+        device_name = str(json.loads((resumed_dir / "env.json").read_text()).get("device", ""))
+        checks.append(
+            Check("trained on the requested device", device_name.startswith("cpu") != cfg.on_gpu, device_name)
+        )
+
+    def straight() -> None:
+        """The same run in one go: equal to the resumed one, bit for bit (deterministic numerics)."""
+        t0 = time.perf_counter()
+        done["straight"] = got = train.run(spec, straight_dir, data_root=cfg.data_root, device=cfg.device)
+        numbers["straight_run_s"] = round(time.perf_counter() - t0, 1)
+        numbers["top1"], numbers["loss"] = got.get("top1"), got.get("loss")
+        numbers["images_per_s"] = _metrics(straight_dir)[-1].get("images_per_s")
+        if "resumed" not in done:
+            return
+        resumed = done["resumed"]
+        same = all(got[k] == resumed[k] for k in got if k not in train.TIMING_KEYS)
+        same_curves = without_timing(_metrics(straight_dir)) == without_timing(_metrics(resumed_dir))
+        checks.append(
+            Check(
+                "resume is exact (deterministic): result and curves equal the uninterrupted run",
+                same and same_curves,
+                f"top1 {got.get('top1')} vs {resumed.get('top1')}, "
+                f"loss {got.get('loss')} vs {resumed.get('loss')}",
+            )
+        )
+
+    def default_numerics() -> None:
+        """The default (fast, nondeterministic) numerics: a plain run trains."""
+        fast_dir = base / "fast"
+        fast = train.run(fast_spec, fast_dir, data_root=cfg.data_root, device=cfg.device)
+        fast_losses = [m["train_loss"] for m in _metrics(fast_dir)]
+        checks.append(
+            Check(
+                "default numerics: finite losses and result",
+                all(map(math.isfinite, fast_losses)) and math.isfinite(fast["loss"]),
+                f"losses {[round(x, 4) for x in fast_losses]}",
+            )
+        )
+
+    def nan_guard() -> None:
+        """The 2nd training forward of the 2nd epoch returns NaN (after the first epoch's checkpoint): the run
+        stops naming it and keeps that checkpoint, finite, and writes no result."""
+        nan_dir = base / "nan"
+        real_create = models.create
+        poison_at = (5 if cfg.quick else 6) + 2  # steps per epoch: 40 // 8 (quick) or 200 // 32, plus 2
+
+        def poisoned(model_name: str, **kwargs: Any) -> torch.nn.Module:
+            model = real_create(model_name, **kwargs)
+            seen = {"n": 0}
+
+            def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+                if not module.training:
+                    return output
+                seen["n"] += 1
+                return output * float("nan") if seen["n"] >= poison_at else output
+
+            model.register_forward_hook(hook)
+            return model
+
+        models.create = poisoned  # train.py looks it up on the module at run time
+        try:
+            nan_spec = replace(fast_spec, tags={**fast_spec.tags, "check": f"{name}-nan"})
+            train.run(nan_spec, nan_dir, data_root=cfg.data_root, device=cfg.device)
+            checks.append(Check("NaN guard stops the run", False, "the poisoned run finished"))
+        except train.NonFiniteLoss as err:
+            path = nan_dir / checkpoint.CHECKPOINT
+            state = checkpoint.load(path) if path.exists() else None
+            finite = state is not None and all(
+                torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+            )
+            ok = finite and not (nan_dir / "result.json").exists()
+            checks.append(Check("NaN guard stops the run, last checkpoint finite, no result", ok, str(err)))
+        finally:
+            models.create = real_create
+
+    _guarded(checks, "preempt + resume", preempt_and_resume)
+    _guarded(checks, "uninterrupted deterministic run", straight)
+    _guarded(checks, "default numerics", default_numerics)
+    _guarded(checks, "NaN guard", nan_guard)
     return StepResult.from_checks(name, checks, numbers)
 
 

@@ -45,8 +45,10 @@ def test_a_failing_or_hung_step_does_not_stop_the_check(tmp_path, monkeypatch) -
     results = gpucheck.run_check(cfg, steps, budget_s=600, log=lambda msg: None)
     by_name = {r.name: r for r in results}
     assert by_name["env"].status == "fail" and "timed out" in by_name["env"].note
-    # no data prepared: the smoke run raises, the step fails naming the error in one line
-    assert by_name["smoke-bf16"].status == "fail" and by_name["smoke-bf16"].note.startswith("DataError")
+    # no data prepared: each part of the smoke step raises and fails naming the error in one line
+    smoke = by_name["smoke-bf16"]
+    assert smoke.status == "fail" and len(smoke.checks) == 4
+    assert all(c.ok is False and c.detail.startswith("DataError") for c in smoke.checks), smoke.checks
     # eval-only finds no finished smoke run: skipped, saying so
     assert by_name["eval-only"].status == "skip" and "no finished smoke-bf16 run" in by_name["eval-only"].note
     # data still ran; with no archives folder it fails naming it
@@ -97,3 +99,28 @@ def test_quick_cpu_run_of_the_whole_check(tmp_path, archives_dir) -> None:
     assert steps["compile"]["numbers"]["compiled_vs_eager_train"] > 0
     assert steps["loader"]["numbers"]["loader_alone_img_s"] > 0
     assert (out / "gpu-check-bench.csv").exists() and (out / "gpu-check.md").exists()
+
+
+def test_the_gpu_configuration_is_well_formed(tmp_path) -> None:
+    """What only a GPU run executes, checked here for shape: the bench command lines parse (issue 6's
+    settings), the smoke spec is the documented one, the reduced-scale loader specs exist, and the step
+    limits of a GPU run fit the 8-minute promise only through the shared budget (470 s by default)."""
+    import sys
+
+    from convit import bench
+
+    cfg = _cfg(tmp_path, device="cpu", quick=False)  # cpu stands in for cuda: parse_args checks the device
+    args = bench.parse_args(
+        gpucheck._bench_argv(cfg, "convit_small,deit_small", "deit_small", tmp_path / "x")
+    )
+    assert (args.dtype, args.batch, args.rounds, args.img_size, args.depth) == ("bf16", 128, 10, 224, None)
+    spec = gpucheck._smoke_spec(cfg, "fp16", deterministic=True)
+    assert spec.recipe.amp == "fp16" and spec.recipe.epochs == 3 and spec.resources.deterministic
+    assert spec.data.num_classes == 10 and spec.recipe.batch_size == 32  # 200 images: 6 steps an epoch
+    sys.path.insert(0, str(gpucheck.REPO))
+    from experiments import main_table
+
+    names = {s.model.name for s in main_table.specs("reduced")}
+    assert {"convit_tiny", "convit_small"} <= names
+    assert gpucheck.parse_args([]).budget_s <= 480
+    assert list(gpucheck.STEPS)[-1] == "loader"  # the measurement, not a target, goes last
