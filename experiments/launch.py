@@ -128,6 +128,11 @@ def _launch_parser() -> argparse.ArgumentParser:
         "(VALUE is JSON, else a string); changes the run names",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and cost; touch no data, no GPU")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="preflight only (python -m convit.doctor): can this machine and profile run it? exit 1 if not",
+    )
     p.add_argument("--no-collect", action="store_true", help="do not write the CSVs at the end")
     return p
 
@@ -634,17 +639,25 @@ def _wait_groups(
             free = slots - len(pending)
             if todo and free > 0:
                 chunk, todo = todo[:free], todo[free:]
-                submitted = jobs.submit(
-                    [c[2] for c in chunk],
-                    cluster=args.cluster,
-                    folder=folder,
-                    profile=profile,
-                    tasks_per_node=tasks,
-                    nodes=nodes,
-                    gpus_per_node=gpus,
-                    timeout_min=timeout,
-                    name=name,
-                )
+                try:
+                    submitted = jobs.submit(
+                        [c[2] for c in chunk],
+                        cluster=args.cluster,
+                        folder=folder,
+                        profile=profile,
+                        tasks_per_node=tasks,
+                        nodes=nodes,
+                        gpus_per_node=gpus,
+                        timeout_min=timeout,
+                        name=name,
+                    )
+                except jobs.JobError as exc:  # CPUs per task below workers + 1, no free local GPU, ...
+                    if not pending:
+                        raise UsageError(str(exc)) from None
+                    for spec, _, _ in chunk + todo:  # others are running: report these, let those finish
+                        failures.append(f"{run_name(spec)}: not submitted: {exc}")
+                    todo = []
+                    continue
                 for (spec, d, _), job in zip(chunk, submitted, strict=True):
                     where = f"job {job.job_id}, " if args.cluster == "slurm" else ""
                     limit = slurm_queue.format_minutes(timeout)
@@ -656,9 +669,9 @@ def _wait_groups(
                     try:
                         job.results() if getattr(job, "num_tasks", 1) > 1 else job.result()
                     except Exception as exc:  # noqa: BLE001 - report every failed run, go on
-                        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-                        failures.append(f"{run_name(item[0])}: {lines[-1]} (logs: {job.paths.stderr})")
-                        print(f"FAILED {run_name(item[0])}: {lines[-1]}", file=sys.stderr, flush=True)
+                        why = jobs.failure_line(exc)  # the job's own error, not submitit's log paths
+                        failures.append(f"{run_name(item[0])}: {why} (logs: {job.paths.stderr})")
+                        print(f"FAILED {run_name(item[0])}: {why}", file=sys.stderr, flush=True)
                     else:
                         print(f"done {run_name(item[0])}", flush=True)
                 else:
@@ -724,6 +737,24 @@ def _launch(args: argparse.Namespace) -> int:
             profile = dataclasses.replace(profile, partition=args.partition)
     elif args.cluster == "slurm" and args.partition:
         raise UsageError("--partition needs --profile FILE (see slurm/profiles/example.yaml)")
+
+    if args.check:
+        from convit import doctor
+
+        findings = doctor.check(
+            suite=args.suite,
+            scale=args.scale,
+            profile=profile,
+            workdir=args.workdir,
+            results=args.results,
+            data_root=args.data_root,
+            cluster=args.cluster,
+        )
+        for finding in findings:
+            print(finding, flush=True)
+        blockers = sum(f.blocker for f in findings)
+        print(f"preflight: {blockers} blocker(s)" if blockers else "preflight: nothing blocks this launch")
+        return 1 if blockers else 0
 
     if args.dry_run:
         limits = _time_limits(specs, args, profile)
