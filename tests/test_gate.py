@@ -338,3 +338,51 @@ def test_summary_counts_the_verdicts(results: Path, tmp_path: Path) -> None:
         "noise), 19 not yet run"
     )
     assert "| gaps, 95% CI over seeds | gate |" in text and "- Gate: FAIL beats pixels" in text
+
+
+# --- the pixel linear-probe reference ----------------------------------------------------------------------
+
+
+def test_pixel_probe_is_deterministic_on_the_suites_subsets(fixture_data_root: Path, tmp_path: Path) -> None:
+    """On the real cifar10-fixture images: two runs write the same reference, fraction 0.5 trains on the
+    suites' own half (10 of 20 images per class), and rows of other datasets in the file are kept."""
+    from analysis import pixel_probe
+
+    out = tmp_path / "ref.csv"
+    pd.DataFrame([dict(dataset="other", img_size=64, fraction=1.0, top1=5.0)]).to_csv(out, index=False)
+    argv = ["cifar10-fixture", "--img-size", "32", "--fractions", "0.5,1", "--steps", "40"]
+    argv += ["--root", str(fixture_data_root), "--out", str(out)]
+    assert pixel_probe.main(argv) == 0
+    first = out.read_text()
+    assert pixel_probe.main(argv) == 0
+    assert out.read_text() == first
+    ref = pd.read_csv(out)
+    assert list(ref["dataset"]) == ["cifar10-fixture", "cifar10-fixture", "other"]
+    fix = ref[ref["dataset"] == "cifar10-fixture"].set_index("fraction")
+    assert fix.at[0.5, "train_images"] == 100 and fix.at[1.0, "train_images"] == 200
+    assert (fix["val_images"] == 100).all() and fix["top1"].between(0, 100).all()
+    assert fix["l2"].between(*pixel_probe.L2_LIMITS).all() and "--steps 40" in fix.at[1.0, "command"]
+
+
+def test_pixel_probe_unprepared_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from analysis import pixel_probe
+
+    out = tmp_path / "r.csv"
+    rc = pixel_probe.main(["cifar10", "--img-size", "32", "--root", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: dataset cifar10 is not prepared") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_pixel_probe_l2_grid_grows_past_a_winning_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The choice of l2 is never an edge of the grid: a winner at either end adds the next power of 10
+    (scores here are a function of l2 alone, peaking at 1, so the grid must grow from 0.1 to 10)."""
+    from analysis import pixel_probe
+
+    monkeypatch.setattr(pixel_probe, "fit", lambda x, y, k, l2, steps: l2)
+    monkeypatch.setattr(pixel_probe, "accuracy", lambda w, x, y: -abs(math.log10(w)))
+    best, scores = pixel_probe.choose_l2(None, None, None, None, 10, 1)
+    assert best == 1.0 and sorted(scores) == [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    monkeypatch.setattr(pixel_probe, "accuracy", lambda w, x, y: -w)  # smaller is always better
+    best, scores = pixel_probe.choose_l2(None, None, None, None, 10, 1)
+    assert best == pixel_probe.L2_LIMITS[0] == min(scores)
