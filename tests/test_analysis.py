@@ -1,9 +1,7 @@
-"""Tests for analysis/: the loader's fallback order and schema checks, the report's verdict rules, and that
-every notebook executes headlessly.
+"""Tests for analysis/: the loader's fallback order and schema checks, and that every notebook executes
+headlessly (the report's verdicts: tests/test_report.py and tests/test_gate.py).
 
-The results fixture under tests/data/results_fixture/ is synthetic (see its make_fixture.py); verdict cases
-that need a specific ordering are built in temporary folders from it, so each rule is seen both holding and
-failing.
+The results fixture under tests/data/results_fixture/ is synthetic (see its make_fixture.py).
 """
 
 from __future__ import annotations
@@ -14,13 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import load, report
+from analysis import load
 
 FIXTURE = Path(__file__).parent / "data" / "results_fixture"
-
-
-def _verdicts(results: Path) -> dict[str, report.Verdict]:
-    return {v.claim_id: v for v in report.evaluate(results)}
 
 
 # --- loader -------------------------------------------------------------------------------------------------
@@ -134,125 +128,6 @@ def test_paper_tables_have_sources() -> None:
     assert len(t2) == 10 and set(t2["fraction"]) == {0.05, 0.1, 0.3, 0.5, 1.0}
     fig2 = load.load_paper("fig2")
     assert set(fig2["figure"]) == {"fig2a", "fig2b"}
-
-
-# --- report -------------------------------------------------------------------------------------------------
-
-
-def test_report_verdicts_on_fixture() -> None:
-    v = _verdicts(FIXTURE)
-    # ConViT ahead everywhere and the gap shrinks -> reproduced (cpu scale, 2 seeds)
-    for cid in ("T2-smallest", "T2-every", "T2-shrink"):
-        assert v[cid].verdict == report.REPRODUCED, v[cid]
-        assert v[cid].scale == "cpu" and v[cid].seeds == 2
-    # b beats a at the small fraction -> the ordering a > b > d > e fails
-    assert v["T3-small-gating"].verdict == report.NOT_REPRODUCED
-    assert v["T3-small-conv"].verdict == report.REPRODUCED
-    assert "SMOKE" in v["T3-small-gating"].caveat
-    # locality probes
-    for cid in ("F6-sigma", "F5-end", "F5-grow"):
-        assert v[cid].verdict == report.REPRODUCED, v[cid]
-    # no results at all -> not yet run
-    for cid in ("T5", "T6-order", "T6-depth", "F9", "C100", "T4", "T1-all", "T1-plus"):
-        assert v[cid].verdict == report.NOT_RUN and v[cid].scale is None
-    # suite ran but lacks the sweep the rule needs -> not yet run
-    assert v["F8-alpha"].verdict == report.NOT_RUN and v["F8-alpha"].scale == "smoke"
-
-
-def test_report_flips_when_ordering_fails(tmp_path: Path) -> None:
-    root = tmp_path / "results"
-    shutil.copytree(FIXTURE, root)
-    se = pd.read_csv(root / "sample_efficiency" / "cpu.csv")
-    # make DeiT win at the smallest fraction: the gap no longer shrinks and ConViT is not ahead everywhere
-    se.loc[(se["variant"] == "deit") & (se["fraction"] == 0.1), "top1"] = 55.0
-    se.to_csv(root / "sample_efficiency" / "cpu.csv", index=False)
-    loc = pd.read_csv(root / "locality" / "reduced_locality.csv")
-    loc.loc[loc["gate_sigma"].notna(), "gate_sigma"] = 0.6  # nothing collapses
-    loc.to_csv(root / "locality" / "reduced_locality.csv", index=False)
-    abl = pd.read_csv(root / "ablations" / "smoke.csv")
-    abl.loc[(abl["row"] == "b") & (abl["fraction"] == 0.1), "top1"] = 49.0  # now a > b > d > e holds
-    abl.to_csv(root / "ablations" / "smoke.csv", index=False)
-    v = _verdicts(root)
-    assert v["T2-smallest"].verdict == report.NOT_REPRODUCED
-    assert v["T2-every"].verdict == report.NOT_REPRODUCED
-    assert v["T2-shrink"].verdict == report.NOT_REPRODUCED
-    assert v["F6-sigma"].verdict == report.NOT_REPRODUCED
-    assert v["T3-small-gating"].verdict == report.REPRODUCED
-
-
-def test_report_masking_and_main_table(tmp_path: Path) -> None:
-    """Constructed masking / main-table results: the Table 5, 6 and Table 1 rules in both directions."""
-    base = pd.read_csv(FIXTURE / "sample_efficiency" / "cpu.csv").iloc[:1]
-
-    def rows(suite: str, specs: list[dict]) -> pd.DataFrame:
-        out = pd.concat([base.assign(suite=suite, run=f"{suite}-{i}", **s) for i, s in enumerate(specs)])
-        return out.reset_index(drop=True)
-
-    root = tmp_path / "results"
-    (root / "masking").mkdir(parents=True)
-    (root / "main_table").mkdir()
-    masking = rows(
-        "masking",
-        [
-            dict(model="convit_tiny", variant="convit", mask="none", layers_masked=0, top1=70.0),
-            dict(model="convit_tiny", variant="convit", mask="pos_embed", layers_masked=0, top1=65.0),
-            dict(model="deit_tiny", variant="deit", mask="none", layers_masked=0, top1=69.0),
-            dict(model="deit_tiny", variant="deit", mask="pos_embed", layers_masked=0, top1=40.0),
-            *[
-                dict(model="convit_tiny", variant="convit", mask=m, layers_masked=k, top1=t)
-                for k, c, p in ((3, 60.0, 62.0), (5, 40.0, 50.0), (10, 5.0, 45.0))
-                for m, t in (("content", c), ("position", p))
-            ],
-        ],
-    )
-    masking.to_csv(root / "masking" / "cpu.csv", index=False)
-    main = rows(
-        "main_table",
-        [
-            dict(model="convit_tiny_plus", variant="convit", top1=60.0, params=1e6),
-            dict(model="deit_tiny_plus", variant="deit", top1=59.0, params=1e6),
-            dict(model="convit_small_plus", variant="convit", top1=62.0, params=3e6),
-            dict(model="deit_small_plus", variant="deit", top1=63.0, params=3e6),
-        ],
-    )
-    main.to_csv(root / "main_table" / "cpu.csv", index=False)
-    v = _verdicts(root)
-    assert v["T5"].verdict == report.REPRODUCED
-    assert v["T6-order"].verdict == report.REPRODUCED
-    assert v["T6-depth"].verdict == report.REPRODUCED
-    assert v["T1-plus"].verdict == report.NOT_REPRODUCED  # S+ loses
-    assert v["T1-plus-growth"].verdict == report.NOT_REPRODUCED
-
-
-def test_report_cli_writes_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "REPRODUCTION.md"
-    out.write_text("a report worth keeping\n")
-    for wrong in (tmp_path / "nowhere", tmp_path):  # a typo, or a folder without suites: refused, not judged
-        with pytest.raises(SystemExit) as info:
-            report.main(["--results", str(wrong), "--out", str(out)])
-        assert info.value.code == 2 and "holds none of the suite folders" in capsys.readouterr().err
-    assert out.read_text() == "a report worth keeping\n"
-    assert report.main(["--results", str(FIXTURE), "--out", str(out)]) == 0
-    text = out.read_text()
-    assert "| T2-shrink |" in text and "**reproduced**" in text and "**not yet run**" in text
-    assert "Rule:" in text and "## Scales used" in text
-    assert "written by hand" not in text  # the fixture has no interpretation file
-
-
-def test_report_includes_the_hand_written_reading_verbatim(tmp_path: Path) -> None:
-    """``interpretation.md`` beside the results goes into the report as written, before the rules."""
-    results = tmp_path / "results"
-    shutil.copytree(FIXTURE, results)
-    (results / report.INTERPRETATION).write_text("At cpu scale sigma(lambda) moves by 0.01 in 1.5k steps.\n")
-    out = tmp_path / "REPRODUCTION.md"
-    assert report.main(["--results", str(results), "--out", str(out)]) == 0
-    text = out.read_text()
-    heading = text.index("## Reading these results (written by hand in `results/interpretation.md`)")
-    assert (
-        heading
-        < text.index("At cpu scale sigma(lambda) moves by 0.01 in 1.5k steps.")
-        < text.index("## Rules and caveats")
-    )
 
 
 # --- notebooks --------------------------------------------------------------------------------------------
