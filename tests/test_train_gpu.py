@@ -297,3 +297,44 @@ def test_only_persistent_buffers_need_the_per_forward_broadcast():
     assert not train._buffers_need_sync(convit)  # rel_indices: non-persistent, a function of the config
     assert not train._buffers_need_sync(models.create("deit_tiny", num_classes=10, img_size=32, patch_size=8))
     assert train._buffers_need_sync(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
+
+
+def _stop_worker(
+    rank: int, ports: tuple[int, int], spec_json: str, workdir: str, root: str, stop_rank: int
+) -> None:
+    """One rank; only rank ``stop_rank`` is asked to stop (at its first step), then the run is resumed."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank), WORLD_SIZE="2")
+    os.environ["LOCAL_RANK"] = str(rank)
+    train.SYNC_EVERY = 2  # the agreement point comes at the second step, not the first
+    spec = RunSpec.from_json(spec_json)
+    stopped = None
+    if stop_rank >= 0:
+        try:
+            train.run(spec, workdir, data_root=root, device="cpu", should_stop=lambda: rank == stop_rank)
+        except train.Preempted as exc:
+            stopped = [exc.epoch, exc.step]
+        os.environ["MASTER_PORT"] = str(ports[1])  # a fresh rendezvous, as a relaunched job gets
+    train.run(spec, workdir, data_root=root, device="cpu")
+    Path(workdir, f"stop{rank}.json").write_text(json.dumps(stopped))
+
+
+@pytest.mark.slow
+def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, fixture_data_root):
+    spec = replace(
+        small_spec(batch=32),
+        data=DataSpec("cifar10-fixture", img_size=32, fraction=0.5),
+        recipe=replace(small_spec().recipe, epochs=2, amp="none", mixup=0.0, cutmix=0.0, drop_path=0.0),
+    )
+    for name, stop_rank in (("reference", -1), ("stopped", 1)):
+        ports = (_free_port(), _free_port())
+        mp.start_processes(
+            _stop_worker,
+            args=(ports, spec.to_json(), str(tmp_path / name), str(fixture_data_root), stop_rank),
+            nprocs=2,
+            join=True,
+            start_method="spawn",
+        )
+    stops = [json.loads((tmp_path / "stopped" / f"stop{r}.json").read_text()) for r in (0, 1)]
+    assert stops == [[0, 2], [0, 2]]  # rank 0 was never asked, yet stops with rank 1 at the agreed step
+    assert _outcome(tmp_path / "stopped") == _outcome(tmp_path / "reference")  # and the resume is exact
