@@ -219,6 +219,21 @@ def _job_environment() -> submitit.JobEnvironment | None:
         return None
 
 
+def export_distributed_env() -> bool:
+    """In a multi-task submitit job, export what ``init_process_group("env://")`` reads; True if it did.
+
+    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, but not CUDA_VISIBLE_DEVICES: submitit's
+    ``export()`` would set it to str(LOCAL_RANK), i.e. physical GPU r for rank r whatever GPUs SLURM gave the
+    job (4-7, say), and no GPU at all for ranks >= 1 of a task that sees one; SLURM's own assignment stays,
+    and convit.distributed picks cuda:LOCAL_RANK in it. Every job kind (training, eval-only) calls this.
+    """
+    env = _job_environment()
+    if env is None or env.num_tasks <= 1:
+        return False
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
 class TrainJob:
     """A picklable, submitit-compatible training run: ``TrainJob(spec, workdir, data_root, teacher)()``.
 
@@ -279,12 +294,7 @@ class TrainJob:
 
     def __call__(self) -> dict:
         env = _job_environment()
-        if env is not None and env.num_tasks > 1:
-            # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for init_process_group("env://"). Not
-            # CUDA_VISIBLE_DEVICES: export() would set it to str(LOCAL_RANK), i.e. physical GPU r for rank
-            # r whatever GPUs SLURM gave the job (4-7, say), and no GPU at all for ranks >= 1 of a task that
-            # sees one; SLURM's own assignment stays, and convit.distributed picks cuda:LOCAL_RANK in it.
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        export_distributed_env()
         run, preempted = self._engine()
         flag = _StopFlag(submitit.JobEnvironment._usr_sig())
         installed = flag.install()

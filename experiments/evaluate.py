@@ -118,14 +118,10 @@ class EvalJob:
         return f"EvalJob(workdir={str(self.workdir)!r}, checkpoint={str(self.checkpoint)!r})"
 
     def __call__(self) -> dict[str, Any]:
-        import submitit
+        from convit import jobs
 
-        try:
-            env = submitit.JobEnvironment()
-        except RuntimeError:  # not under submitit (plain Python, tests)
-            env = None
-        if env is not None and env.num_tasks > 1:
-            # several tasks (a spec that asks for more than eval_spec's one device): one process group, the
-            # ranks share the validation set and rank 0 writes, instead of N copies racing on the same files
-            submitit.helpers.TorchDistributedEnvironment().export()
+        # several tasks (a spec that asks for more than eval_spec's one device): one process group, the ranks
+        # share the validation set and rank 0 writes, instead of N copies racing on the same files; SLURM's
+        # CUDA_VISIBLE_DEVICES is kept (the same export as training jobs)
+        jobs.export_distributed_env()
         return evaluate(self.spec, self.workdir, self.checkpoint, self.data_root)

@@ -338,6 +338,45 @@ def test_multi_task_job_keeps_the_assigned_gpus(tmp_path: Path, monkeypatch, imp
     assert job.device is None  # the caller's job is left as it was
 
 
+class _EnvEvalJob:
+    """A real EvalJob whose evaluation (in the job's own process) reports the environment it would run in."""
+
+    def __init__(self, spec: RunSpec, workdir: Path) -> None:
+        from experiments.evaluate import EvalJob
+
+        self.job = EvalJob(spec, workdir, workdir / "checkpoint.pth")
+
+    def __call__(self) -> dict:
+        import experiments.evaluate as evaluate
+
+        evaluate.evaluate = lambda *a, **k: {  # the job's process only; EvalJob.__call__ itself is real
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "local_rank": os.environ.get("LOCAL_RANK"),
+            "world_size": os.environ.get("WORLD_SIZE"),
+        }
+        return self.job()
+
+
+@pytest.mark.slow
+def test_multi_task_eval_job_keeps_the_assigned_gpus(tmp_path: Path, monkeypatch, importable_tests) -> None:
+    """Eval-only jobs export the process group the same way as training jobs: SLURM's (here the local
+    executor's) CUDA_VISIBLE_DEVICES survives submitit's export() in every rank of a real 2-task job."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,7")
+    monkeypatch.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{os.environ['PYTHONPATH']}")  # experiments.*
+    [submitted] = jobs.submit(
+        [_EnvEvalJob(smoke_spec(), tmp_path / "run")],
+        cluster="local",
+        folder=tmp_path / "sub",
+        gpus_per_node=2,
+        tasks_per_node=2,
+        timeout_min=5,
+    )
+    submitted.wait()
+    results = submitted.results()
+    assert [r["visible"] for r in results] == ["6,7", "6,7"]  # export() alone would give "0" and "1"
+    assert sorted(r["local_rank"] for r in results) == ["0", "1"] and results[0]["world_size"] == "2"
+
+
 @pytest.mark.slow
 def test_gpu_job_without_usable_cuda_fails_in_one_line(
     tmp_path: Path, monkeypatch, fixture_data_root
