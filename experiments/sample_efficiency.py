@@ -31,9 +31,13 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
   epochs because Tiny-ImageNet has 100k images: the f = 0.05 run then has 5k images for 2000 epochs, the
   same image budget.
 * cpu (CIFAR-10, 32 px, patch 4, ConViT-Ti vs DeiT-Ti head counts at half the per-head width, 96 wide,
-  depth 6, 2 x 1/f epochs, batch 64, 1.4k-1.6k steps per run): ~1 h on 2 cores with ``--parallel 2``
-  (measured 2026-11: 9.4-14.6 min per run, 2.0 run-hours for the 10)
-  (ConViT-Ti stands for ConViT-S: 9-head models cost ~2x more per image on a CPU). The README's main job.
+  depth 6 = 4 GPSA + 2 MHSA, 10 x 1/f epochs, batch 64, ~7.8k steps and ~5e5 images per run, no
+  Mixup/CutMix/RandAugment/erasing/repeated augmentation for either family; ``experiments.common`` says
+  why): ``--dry-run`` estimates 0.36 h per run; the DeiT-Ti f = 1 run measured ~80 img/s per run with two
+  side by side on a busy machine, i.e. ~1.7 h per run and up to ~9 h for the 10 with ``--parallel 2``; a
+  quiet machine is faster (to be measured on the first full pass). Run it in the background with
+  ``CONVIT_RUNS`` outside the checkout: a relaunch resumes. (ConViT-Ti stands for ConViT-S: 9-head models
+  cost ~2x more per image on a CPU.) The README's main job.
 * smoke: seconds per run.
 """
 
