@@ -15,6 +15,8 @@ rule is fixed before the curves are read: **the strongest regularisation whose D
 the gate (>= 60% top-1, the issue's target) within the budget.** The full DeiT recipe is not rerun: issue 20's
 curve (f = 0.05, 4x the old budget, 29% top-1 at epoch 50 of 160, loss 2.21) already shows it stuck.
 
+``--collect results/cpu_budget/curves.csv`` writes the curves so far (committed as evidence while they run).
+
 Cost: ~5e5 training images per run (10 epochs at f = 1), ~1 h for the pair on 2 cores.
 """
 
@@ -58,13 +60,60 @@ def _train(spec_json: str, workdir: str) -> None:
     train.run(RunSpec.from_json(spec_json), workdir)
 
 
+CURVE_FIELDS = ("strength", "run", "epoch", "images_seen", "train_loss", "val_top1", "val_top5", "val_loss")
+
+
+def collect(strengths: list[str], fraction: float, seed: int, workdir: str, out: Path) -> int:
+    """The runs' learning curves so far (finished or not) as one tidy CSV; returns the number of rows."""
+    import csv
+    import json
+
+    rows = []
+    for strength in strengths:
+        spec = budget_spec(strength, fraction, seed)
+        d = run_dir(workdir, spec)
+        metrics = d / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        for line in metrics.read_text().splitlines():
+            rec = json.loads(line)
+            per_epoch = rec["step"] / rec["epoch"] * spec.recipe.batch_size  # optimiser steps x batch
+            rows.append(
+                {
+                    "strength": strength,
+                    "run": d.name,
+                    "epoch": rec["epoch"],
+                    "images_seen": int(rec["epoch"] * per_epoch),
+                    "train_loss": round(rec["train_loss"], 4),
+                    "val_top1": rec.get("val_top1"),
+                    "val_top5": rec.get("val_top5"),
+                    "val_loss": None if rec.get("val_loss") is None else round(rec["val_loss"], 4),
+                }
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--strength", nargs="+", default=["none", "light"], choices=sorted(CPU_REGULARISATION))
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=os.environ.get("CONVIT_RUNS", "runs"))
+    p.add_argument(
+        "--collect",
+        metavar="CSV",
+        help="write the runs' learning curves so far to CSV (results/cpu_budget/curves.csv); train nothing",
+    )
     args = p.parse_args(argv)
+    if args.collect:
+        n = collect(args.strength, args.fraction, args.seed, args.workdir, Path(args.collect))
+        print(f"[cpu_budget] {n} epoch row(s) -> {args.collect}")
+        return 0
     procs = []
     for strength in args.strength:
         spec = budget_spec(strength, args.fraction, args.seed)
