@@ -40,11 +40,11 @@ Recorded decisions (reference 9.2.3, 9.1.4-5):
 Cost: paper ~3,900 V100-hours in all (``--dry-run``): Table 3 is 14 runs of ~300 ImageNet epochs-equivalent of
 S+ (~10 GMAC per image), the grid 10 runs on 100 classes; reduced ~7 GPU-hours for Table 3 + ~3 for the grid
 (Tiny-ImageNet, first 100 classes for the grid); cpu (Ti+ heads at half width, 4 x 32 = 128, depth 6, GPSA
-layers {0, 2, 3, 5}, 2 x 1/f epochs, batch 32) ~1 h per 7 runs with ``--parallel 2`` (measured 2026-11:
-~11.5 min per Table 3 run with a core to itself, 3.9 run-hours for the 14 with some sharing): run
-``--only 'table3-*-f0.1-*'`` (the small-data half, where the claims are), the full-data rows
-(``--only 'table3-?-s*'``) and ``--only 'grid-*'`` as separate jobs (the grid: 1.5 h wall for its 10 runs,
-2026-11-22, with other work on the machine); smoke seconds.
+layers {0, 2, 3, 4 (the default), 5}, 10 x 1/f epochs, batch 32, the cpu scale's regularisation): 5x the
+images of the 2026-11 scale, whose runs took ~11.5 min per Table 3 run with a core to itself, so expect ~1 h
+per run and ~7-9 h wall for the 14 with ``--parallel 2`` (not yet measured at the new scale); run ``--only
+'table3-*-f0.1-*'`` (the small-data half, where the claims are) first, then the full-data rows (``--only
+'table3-?-s*'``) and ``--only 'grid-*'`` as separate jobs; smoke seconds.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ grows in every GPSA layer but ends below DeiT's; DeiT's drops early in every lay
 layers.
 
 Cost: the six runs of main_table at Ti, S, B (paper ~1,250 V100-hours; reduced ~3 GPU-hours, the Ti and S
-pairs at their loaders' pace; cpu the Ti pair only, ~15 min; smoke seconds), nothing extra when main_table
-has run.
+pairs at their loaders' pace; cpu the Ti pair only, ~2-3 h with ``--parallel 2`` at the redefined cpu scale's
+~5e5 images per run; smoke seconds), nothing extra when main_table has run.
 """
 
 from __future__ import annotations

@@ -24,11 +24,11 @@ suite trains first when they are missing.
 
 Recorded decisions (reference 9.2.8): "# layers masked" = the *first* k GPSA layers; masking the positional
 embedding removes its whole contribution (for DeiT including the class-token slot). At scales with fewer GPSA
-layers k is scaled by (GPSA layers / 10): {2, 3, 5} of 5 at cpu scale.
+layers k is scaled by (GPSA layers / 10): {1, 2, 4} of 4 at cpu scale.
 
 Cost: 10 evaluations of the ImageNet val set with Ti models (~0.2 GPU-hours at paper scale); reduced/cpu:
-those of the two main_table Ti runs (reduced ~0.6 GPU-hours, loader-bound; cpu ~15 min) plus seconds
-of evaluation.
+those of the two main_table Ti runs (reduced ~0.6 GPU-hours, loader-bound; cpu ~2-3 h, see sample_efficiency)
+plus seconds of evaluation.
 """
 
 from __future__ import annotations
