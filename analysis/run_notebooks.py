@@ -27,7 +27,9 @@ NOTEBOOKS = sorted(HERE.glob("*.ipynb"))
 
 
 def execute(path: Path, results_dir: Path | None = None, timeout: int = 120, inplace: bool = False) -> float:
-    """Run one notebook in a fresh ``python3`` kernel from the repository root; return its wall time (s).
+    """Run one notebook in a fresh ``python3`` kernel in the notebook's own folder, as Jupyter and
+    ``jupyter nbconvert --execute`` do (kernels started from the repository root once hid that no notebook
+    could import ``analysis`` there); return its wall time (s).
 
     ``results_dir`` is passed to the kernel as ``$CONVIT_RESULTS`` (read by ``analysis.load``).
     Raises :class:`nbclient.exceptions.CellExecutionError` on the first failing cell.
@@ -39,7 +41,7 @@ def execute(path: Path, results_dir: Path | None = None, timeout: int = 120, inp
     start = time.perf_counter()
     try:
         NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE.parent)}}
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
         ).execute()
     finally:
         if results_dir is not None:
