@@ -17,6 +17,8 @@ import submitit
 
 from convit import jobs
 
+from tiny import slurm_cluster_problem
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,20 +27,9 @@ PROFILE = REPO / "slurm" / "profiles" / "local.yaml"
 SURVIVOR_SLEEP_S = 150.0
 
 
-def _cluster_problem() -> str | None:
-    try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"sinfo failed ({error}): run `bash slurm/cluster.sh start`"
-    states = [s.rstrip("*") for s in out.stdout.split()]
-    if out.returncode != 0 or not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no usable SLURM node ({out.stderr.strip() or states}): run `bash slurm/cluster.sh start`"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _cluster() -> None:
-    problem = _cluster_problem()
+    problem = slurm_cluster_problem()
     if problem:
         pytest.skip(problem)
 

@@ -9,7 +9,6 @@ reused folder would be returned as a new job's result.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from convit import jobs
 from convit.spec import RunSpec
 
-from tiny import tiny_spec
+from tiny import slurm_cluster_problem, tiny_spec
 
 pytestmark = pytest.mark.slurm
 
@@ -29,25 +28,9 @@ PROFILE = REPO / "slurm" / "profiles" / "local.yaml"
 RESULT_KEYS = ("top1", "top5", "loss", "epochs", "world_size", "params")
 
 
-def _cluster_problem() -> str | None:
-    """Why SLURM tests cannot run here, or None when a node is ready."""
-    if shutil.which("sinfo") is None:
-        return "sinfo not found: start the test cluster with `bash slurm/cluster.sh start`"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"sinfo failed ({error}): run `bash slurm/cluster.sh start`"
-    if out.returncode != 0:
-        return f"no SLURM controller answers ({out.stderr.strip()}): run `bash slurm/cluster.sh start`"
-    states = out.stdout.split()
-    if not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no usable SLURM node (states: {states}): run `bash slurm/cluster.sh start`"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _cluster() -> None:
-    problem = _cluster_problem()
+    problem = slurm_cluster_problem()
     if problem:
         pytest.skip(problem)
 

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_slurm import _cluster_problem
 
-from tiny import REPO, launch
+from tiny import REPO, launch, slurm_cluster_problem
 
 pytestmark = pytest.mark.slurm
 
@@ -43,7 +42,7 @@ def _scontrol_partition(name: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _cluster() -> None:
-    problem = _cluster_problem()
+    problem = slurm_cluster_problem()
     if problem:
         pytest.skip(problem)
     for name, key, value in (("short", "MaxCPUsPerNode", "1"), ("single", "MaxNodes", "1")):

@@ -8,6 +8,7 @@ is dominated by process start-up, which is what the scheduler tests exercise.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,19 @@ def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         env=env,
         timeout=300,
     )
+
+
+def slurm_cluster_problem() -> str | None:
+    """Why the single-node SLURM tests (``slurm/cluster.sh``) cannot run here, or None when a node is up."""
+    if shutil.which("sinfo") is None:
+        return "sinfo not found: start the test cluster with `bash slurm/cluster.sh start`"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"sinfo failed ({error}): run `bash slurm/cluster.sh start`"
+    if out.returncode != 0:
+        return f"no SLURM controller answers ({out.stderr.strip()}): run `bash slurm/cluster.sh start`"
+    states = out.stdout.split()
+    if not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable SLURM node (states: {states}): run `bash slurm/cluster.sh start`"
+    return None
