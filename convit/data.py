@@ -5,7 +5,9 @@ so ImageNet, Tiny-ImageNet, CIFAR and the test fixtures share one code path (the
 subsamples its ImageFolder ImageNet path; reference section 2.1). The data root is a machine fact, never part
 of a spec: it comes from an argument or ``CONVIT_DATA_ROOT``.
 
-Preparation (archives, downloads, the atomic build) is :mod:`convit.prepare`. Commands::
+The registry and the on-disk layout (:class:`DatasetInfo`, :func:`dataset_info`, :class:`DataError`, the
+completion marker) are :mod:`convit.datasets`, re-exported here; preparation (archives, downloads, the
+atomic build) is :mod:`convit.prepare`. Commands::
 
     python -m convit.data prepare NAME [--root R] [--archives A] [--from PATH] [--force]
     python -m convit.data bench NAME --img-size S --batch B --workers W [--root R] [--seconds T]
@@ -39,7 +41,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,23 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from convit.datasets import (  # the registry and layout below this module and convit.prepare, re-exported
+    _DATASETS,
+    ENV_ARCHIVES,
+    ENV_DATA_ROOT,
+    IMG_EXTENSIONS,
+    MARKER,  # noqa: F401  (re-exported: convit.data.MARKER)
+    DataError,
+    DatasetInfo,
+    _find_classes,
+    _is_image,
+    _scan_class,
+    dataset_info,
+    dataset_names,
+    is_prepared,
+    resolve_data_root,
+)
+from convit.prepare import prepare
 from convit.spec import DataSpec, RecipeSpec
 
 __all__ = [
@@ -71,18 +89,6 @@ __all__ = [
     "subsample",
 ]
 
-ENV_DATA_ROOT = "CONVIT_DATA_ROOT"
-ENV_ARCHIVES = "CONVIT_DATA_ARCHIVES"
-#: the original code's IMG_EXTENSIONS (matched case-insensitively).
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-MARKER = ".convit-prepared.json"
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataError(RuntimeError):
-    """A data problem the user can fix (unknown dataset, data not prepared, missing archive, bad checksum)."""
-
 
 class CorruptImageError(DataError):
     """An image file that PIL cannot decode; the message names the file so it can be replaced or removed."""
@@ -91,71 +97,12 @@ class CorruptImageError(DataError):
 # ----------------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset; ``folder`` is its directory under the data root."""
-
-    name: str
-    num_classes: int
-    #: native image side in pixels; None for variable-size images (ImageNet).
-    image_size: int | None
-    #: normalisation used by the transforms (ImageNet statistics everywhere, as the original code).
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    folder: str
-    splits: tuple[str, ...] = ("train", "val")
-    #: expected image counts per split (checked by prepare); None: not checked.
-    num_train: int | None = None
-    num_val: int | None = None
-
-
-def _info(name: str, k: int, size: int | None, n_train: int | None, n_val: int | None) -> DatasetInfo:
-    return DatasetInfo(name, k, size, _IMAGENET_MEAN, _IMAGENET_STD, name, ("train", "val"), n_train, n_val)
-
-
-_DATASETS: dict[str, DatasetInfo] = {
-    d.name: d
-    for d in (
-        _info("imagenet", 1000, None, 1_281_167, 50_000),
-        _info("tiny-imagenet", 200, 64, 100_000, 10_000),
-        _info("cifar10", 10, 32, 50_000, 10_000),
-        _info("cifar100", 100, 32, 50_000, 10_000),
-        _info("cifar10-fixture", 10, 32, 200, 100),
-        _info("tiny-imagenet-fixture", 10, 64, 200, 100),
-    )
-}
-
-
-def dataset_names() -> list[str]:
-    """Names accepted by :func:`dataset_info`, :func:`prepare` and ``DataSpec.name``."""
-    return list(_DATASETS)
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Facts about dataset ``name``; an unknown name raises :class:`DataError` listing the valid ones."""
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(_DATASETS)}") from None
-
-
 def num_classes(data: DataSpec) -> int:
     """Classes the model must output for ``data`` (its ``num_classes`` if set, else the dataset's)."""
     info = dataset_info(data.name)
     if data.num_classes is not None and data.num_classes > info.num_classes:
         raise DataError(f"{data.name} has {info.num_classes} classes, cannot keep {data.num_classes}")
     return data.num_classes or info.num_classes
-
-
-def resolve_data_root(explicit: str | Path | None = None) -> Path:
-    """The data root: ``explicit`` if given, else ``$CONVIT_DATA_ROOT``; paths never come from the code."""
-    value = explicit if explicit not in (None, "") else os.environ.get(ENV_DATA_ROOT)
-    if not value:
-        raise DataError(
-            f"no data root given: pass --root DIR (data_root=...) or set {ENV_DATA_ROOT}=DIR "
-            "(the folder that holds the prepared datasets)"
-        )
-    return Path(value).expanduser()
 
 
 def _prepare_command(name: str, root: Path | None) -> str:
@@ -165,26 +112,9 @@ def _prepare_command(name: str, root: Path | None) -> str:
     return f"python -m convit.data prepare {name}{where} [--archives DIR]"
 
 
-def is_prepared(name: str, root: str | Path) -> bool:
-    """True when ``<root>/<folder>`` is complete.
-
-    That is: it has prepare's completion marker, or it is a user's ImageFolder root (a symlink, or any folder
-    for ImageNet, which is never extracted by us) with all its split folders.
-    """
-    path = Path(root) / dataset_info(name).folder
-    if (path / MARKER).is_file():
-        return True
-    linked = path.is_symlink() or name == "imagenet"
-    return linked and all((path / s).is_dir() for s in dataset_info(name).splits)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Listing and the paper's subsampling
 # ----------------------------------------------------------------------------------------------------
-def _is_image(path: str) -> bool:
-    return path.lower().endswith(IMG_EXTENSIONS)
-
-
 def _walk_key(relpath: str) -> tuple[str, str]:
     # The original iterates sorted(os.walk(class_dir)) (folders by path, the class folder first) and
     # sorted(fnames) inside each folder; (dirname, basename) reproduces that order for relative paths.
@@ -218,29 +148,6 @@ def subsample(
         images = [f for f in sorted(files, key=_walk_key) if _is_image(f)]
         kept[cls] = images[:quota]
     return kept
-
-
-def _scan_class(class_dir: Path) -> tuple[list[str], int]:
-    """All files under ``class_dir`` (relative paths) and its entry count, in one pass over the folder."""
-    files: list[str] = []
-    entries = 0
-    for dirpath, dirs, names in os.walk(class_dir, followlinks=True):
-        rel = os.path.relpath(dirpath, class_dir)
-        if rel == ".":
-            entries = len(dirs) + len(names)  # == len(os.listdir(class_dir)), without a second scan
-            files.extend(names)
-        else:
-            files.extend(os.path.join(rel, n) for n in names)
-    return files, entries
-
-
-def _find_classes(split_dir: Path) -> list[str]:
-    if not split_dir.is_dir():
-        raise DataError(f"missing split folder {split_dir}")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir(follow_symlinks=True))
-    if not classes:
-        raise DataError(f"no class folders in {split_dir}")
-    return classes
 
 
 def list_images(
@@ -569,8 +476,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     try:
         if args.cmd == "prepare":
-            from convit.prepare import prepare  # imports this module: not at the top
-
             dataset_info(args.name)
             print(
                 prepare(
@@ -590,8 +495,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # run the main of the importable module, not of this __main__ copy: convit.prepare raises
-    # convit.data.DataError, which __main__.DataError (a different class object) would not catch
-    from convit.data import main as _main
-
-    sys.exit(_main())
+    # DataError is convit.datasets.DataError in this __main__ copy too (the class convit.prepare raises), so
+    # running this module's own main catches it
+    sys.exit(main())

@@ -4,9 +4,9 @@ Sources: a user's ImageFolder tree (``source``, linked, never copied; the only w
 offline archive in the archives folder (``archives`` or ``$CONVIT_DATA_ARCHIVES``; the accepted files and
 their MD5s are listed below), else the official download (CIFAR, Tiny-ImageNet). Why it is built this way:
 several jobs of one array may start on one node at once, so preparation takes a file lock, builds in a
-hidden temporary folder beside the final one, verifies class and image counts, writes the completion marker
-(:data:`convit.data.MARKER`, recording the source) and only then renames the folder into place. A half-built
-tree is never mistaken for a prepared one.
+hidden temporary folder beside the final one, verifies class and image counts, writes the completion
+marker (:data:`convit.datasets.MARKER`, recording the source) and only then renames the folder into place.
+A half-built tree is never mistaken for a prepared one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image
 
 from convit import runlock
-from convit.data import (
+from convit.datasets import (
     ENV_ARCHIVES,
     MARKER,
     DataError,
