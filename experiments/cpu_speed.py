@@ -2,7 +2,8 @@
 
 Command (pause other work on the machine first: the numbers are per-thread throughput)::
 
-    OMP_NUM_THREADS=1 python experiments/cpu_speed.py --rounds 8 --iters 5 [--csv results/cpu_budget/compile.csv]
+    OMP_NUM_THREADS=1 python experiments/cpu_speed.py --rounds 8 --iters 5 \
+        [--csv results/cpu_budget/compile.csv]
 
 What it measures: the exact models of ``sample_efficiency --scale cpu`` (ConViT-Ti and DeiT-Ti at depth 6,
 96 wide, patch 4, 32 px, built from the suite's own specs), one optimiser step each (forward, label-smoothed
@@ -11,6 +12,11 @@ loss, backward, AdamW step) at the scale's batch (64) on one thread, as each of 
 rounds, so machine noise hits both alike; the verdict is the median of the per-round ratios with its range.
 Compilation happens in the untimed warm-up and its wall time is printed separately: a run of ~7.8k steps
 amortises it only if the per-step gain times 7.8k exceeds it.
+
+``--tensorboard`` instead measures what the engine's TensorBoard logging (``convit.tboard``) adds per
+optimiser step: the engine calls ``Board.steps`` once per ``SYNC_EVERY`` steps with that many (step, loss,
+lr) triples and ``Board.epoch`` once per epoch (with ConViT-Ti's probes), so the cost per step is timed on
+exactly those calls, writing to a temporary folder, and printed beside the eager training step it rides on.
 
 Why it exists: issue 20 asks whether the engine should compile these small models on CPU. The answer is
 this script's output, recorded in ``results/cpu_budget/compile.csv`` and in the cpu scale's docstring.
@@ -47,7 +53,10 @@ class _Step:
     def __init__(self, spec: object, compiled: bool, batch: int) -> None:
         torch.manual_seed(0)
         self.eager = models.create(
-            spec.model.name, num_classes=10, img_size=spec.data.img_size, drop_path_rate=spec.recipe.drop_path,
+            spec.model.name,
+            num_classes=10,
+            img_size=spec.data.img_size,
+            drop_path_rate=spec.recipe.drop_path,
             **spec.model.kwargs,
         )
         self.model = torch.compile(self.eager) if compiled else self.eager
@@ -71,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--csv", type=Path)
+    parser.add_argument("--tensorboard", action="store_true", help="time the TensorBoard logging per step")
     args = parser.parse_args(argv)
+    if args.tensorboard:
+        return _tensorboard_cost(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}")
     rows = []
     for name, spec in _specs().items():
@@ -83,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 step()
             warm = time.perf_counter() - t0
             steps[compiled] = step
-            print(f"{name} {'compiled' if compiled else 'eager'}: build + {args.warmup} warm-up steps {warm:.1f} s")
+            kind = "compiled" if compiled else "eager"
+            print(f"{name} {kind}: build + {args.warmup} warm-up steps {warm:.1f} s")
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for compiled, step in steps.items():
@@ -91,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.iters):
                     step()
                 times[compiled].append((time.perf_counter() - t0) / args.iters)
-        ratios = sorted(e / c for e, c in zip(times[False], times[True]))
+        ratios = sorted(e / c for e, c in zip(times[False], times[True], strict=True))
         row = {
             "model": name,
             "eager_ms": round(1e3 * statistics.median(times[False]), 1),
@@ -106,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(
-            f"{name}: eager {row['eager_ms']} ms/step ({row['eager_img_s']} img/s), compiled {row['compiled_ms']} ms; "
-            f"speed-up {row['speedup_median']} [{row['speedup_min']}-{row['speedup_max']}] over {args.rounds} rounds"
+            f"{name}: eager {row['eager_ms']} ms/step ({row['eager_img_s']} img/s), "
+            f"compiled {row['compiled_ms']} ms; speed-up {row['speedup_median']} "
+            f"[{row['speedup_min']}-{row['speedup_max']}] over {args.rounds} rounds"
         )
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +130,51 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows(rows)
         print(f"wrote {args.csv}")
+    return 0
+
+
+def _tensorboard_cost(args: argparse.Namespace) -> int:
+    """Per-step cost of the engine's TensorBoard calls, against one eager ConViT-Ti step (same process)."""
+    import tempfile
+
+    from convit import tboard
+    from convit.train import SYNC_EVERY
+
+    spec = _specs()["convit_tiny"]
+    step = _Step(spec, False, args.batch)
+    for _ in range(args.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    step_s = (time.perf_counter() - t0) / args.iters
+    depth, gpsa, heads = spec.model.kwargs["depth"], 4, 4
+    entry = {
+        "epoch": 1, "step": 781, "train_loss": 2.0, "lr": 1e-3, "val_top1": 40.0, "val_top5": 80.0,
+        "val_loss": 1.5, "images_per_s": 80.0, "data_wait_s": 1.0, "train_time_s": 600.0,
+        "gate_sigma": [[0.7] * heads] * gpsa, "nonlocality": [[3.0] * heads] * depth,
+        "centre_distance": [[1.0] * heads] * gpsa,
+    }  # fmt: skip
+    steps_per_epoch, epochs = 781, 3
+    with tempfile.TemporaryDirectory() as tmp:
+        board = tboard.Board(tmp)
+        t0 = time.perf_counter()
+        global_step = 0
+        for _ in range(epochs):
+            for _ in range(0, steps_per_epoch, SYNC_EVERY):
+                records = [(global_step + i + 1, 2.0, 1e-3) for i in range(SYNC_EVERY)]
+                board.steps(records)
+                global_step += SYNC_EVERY
+            board.epoch({**entry, "step": global_step})
+            board.flush()
+        board.close()
+        log_s = (time.perf_counter() - t0) / global_step
+        size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+    print(
+        f"TensorBoard logging: {1e6 * log_s:.1f} us per optimiser step (incl. per-epoch flush) against an "
+        f"eager ConViT-Ti step of {1e3 * step_s:.0f} ms: {100 * log_s / step_s:.4f}% overhead; "
+        f"event file {size / global_step:.0f} bytes per step"
+    )
     return 0
 
 
