@@ -69,7 +69,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from convit import checkpoint as ckpt
-from convit import cudaconf, distributed, evaluation, runlock
+from convit import cudaconf, distributed, evaluation, runlock, tboard
 from convit.distributed import DistContext
 from convit.progress import EpochProgress
 from convit.spec import RunSpec, SpecError
@@ -954,6 +954,10 @@ class _Engine:
 
         start_epoch, start_step = self._resume()
         distributed.barrier(ctx)  # nobody writes a new checkpoint before every rank has read the old one
+        # rank 0's event files: what the checkpoint does not cover is dropped, its history written again
+        self.board = tboard.Board(
+            self.workdir, resume_step=self.global_step, history=self.history, active=ctx.is_main
+        )
         hosts = _hostnames(ctx)  # every rank takes part
         if ctx.is_main:
             env = _env_info(ctx)
@@ -974,8 +978,11 @@ class _Engine:
             ckpt.write_text_atomic(self.workdir / "metrics.jsonl", text)
 
         epochs = self.recipe.epochs
-        for epoch in range(start_epoch, epochs):
-            self._train_epoch(epoch, start_step if epoch == start_epoch else 0)
+        try:
+            for epoch in range(start_epoch, epochs):
+                self._train_epoch(epoch, start_step if epoch == start_epoch else 0)
+        finally:
+            self.board.close()  # flushes what was logged, on preemption and errors too
 
         result = self._result()
         if ctx.is_main:
@@ -1096,6 +1103,8 @@ class _Engine:
                 handle.write(json.dumps(entry, sort_keys=True) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+        self.board.epoch(entry)
+        self.board.flush()
         self.say(self._epoch_line(entry))
 
     def _drain(
@@ -1129,6 +1138,8 @@ class _Engine:
             self.loss_sum += value
             self.loss_count += self.plan.accum
             progress.update(value / self.plan.accum, record.lr, record.data_wait)
+        accum = self.plan.accum
+        self.board.steps((r.global_step, v / accum, r.lr) for r, v in zip(pending, values, strict=True))
         return stop
 
     def _reduce_loss_sums(self) -> None:

@@ -25,6 +25,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shlex  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
@@ -799,6 +800,10 @@ def _launch(args: argparse.Namespace) -> int:
         f"{len(trains)} to train, {len(evals)} to evaluate ({args.cluster})",
         flush=True,
     )
+    # every run writes event files on rank 0 (convit.tboard): one logdir shows a suite's runs side by side
+    # (runs shared with another suite live under that suite's folder, hence possibly several)
+    for board_dir in dict.fromkeys(d.parent for _, d, _ in trains):
+        print(f"watch it live: tensorboard --logdir {shlex.quote(str(board_dir))}", flush=True)
     failures = (
         _run_batch(trains, args, profile, folder, f"convit-{args.suite}", limits.decisions) if trains else []
     )

@@ -111,8 +111,10 @@ def test_two_gloo_processes_match_one_process(tmp_path, fixture_data_root):
             "progress.json",
             "result.json",
             "spec.json",
+            "tensorboard",
         ]
     )  # only rank 0 wrote files, and no stray temporaries
+    assert len(list((ddp_dir / "tensorboard").iterdir())) == 1  # one event file: rank 0's
 
     a = checkpoint.load(tmp_path / "single" / checkpoint.CHECKPOINT)
     b = checkpoint.load(ddp_dir / checkpoint.CHECKPOINT)

@@ -242,6 +242,11 @@ def test_smoke_launch_end_to_end_then_skip(tmp_path: Path, fixture_data_root: Pa
     table = _rows(results / "masking" / "smoke.csv")
     assert list(table[0])[: len(RUN_COLUMNS)] == RUN_COLUMNS
     assert len(table) == 4 and all(r["status"] == "done" and r["top1"] for r in table)
+    # the suite's TensorBoard line names the folder holding the trained runs' event files
+    lines = proc.stdout.splitlines()
+    logdirs = [line.split("--logdir ", 1)[1] for line in lines if "tensorboard --logdir" in line]
+    assert len(logdirs) == 1
+    assert len(list(Path(logdirs[0]).glob("*/tensorboard/events.out.tfevents.*"))) == 2
     evals = [r for r in table if r["task"] == "eval"]
     assert len(evals) == 2 and {r["epochs"] for r in evals} == {"0"}
     assert all(json.loads(r["intervention"]) == {"mask_pos_embed": True} for r in evals)
