@@ -10,6 +10,9 @@ The validation set is sharded ``rank::world_size`` and the counts are summed acr
 counted exactly once whatever the world size (no padding duplicates, DeiT issue #24). The loader keeps its
 worker processes between evaluations (``persistent_workers``): the engine builds it once per run instead of
 forking ``workers`` processes at every evaluation.
+
+Between epochs the engine also runs the locality probes (:mod:`convit.probes`) on one fixed validation batch
+(:func:`probe_batch`, :func:`run_probes`): they are measured on the validation set like the accuracy.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from convit import distributed
 from convit.distributed import DistContext
+from convit.sampling import PROBE_DOMAIN, mix
+from convit.spec import RunSpec
 
-__all__ = ["autocast", "eval_batch_size", "evaluate", "make_loader"]
+__all__ = ["autocast", "eval_batch_size", "evaluate", "make_loader", "probe_batch", "run_probes"]
 
 
 def eval_batch_size(per_device_batch: int) -> int:
@@ -88,3 +93,32 @@ def evaluate(
         "loss": loss / max(n, 1.0),
         "count": n,
     }
+
+
+# the engine's between-epoch locality probes
+def probe_batch(val_ds: Dataset, spec: RunSpec) -> torch.Tensor:
+    """A fixed probe batch: the first images of a seeded shuffle of the val set (not just class 0)."""
+    g = torch.Generator().manual_seed(mix(PROBE_DOMAIN, spec.seed))
+    order = torch.randperm(len(val_ds), generator=g)[: spec.probes.batch].tolist()  # type: ignore[arg-type]
+    return torch.stack([val_ds[i][0] for i in order])
+
+
+def run_probes(
+    model: nn.Module, images: torch.Tensor, mode: str, warn: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """Locality probes, guarded: a model the probes do not understand costs a warning, not the run."""
+    try:
+        from convit.probes import locality_probes
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = locality_probes(model, images, mode)
+        model.train(was_training)
+        return {
+            key: [[float(v) for v in row] for row in out.get(key, [])]
+            for key in ("nonlocality", "gate_sigma", "centre_distance")
+        }
+    except Exception as exc:  # noqa: BLE001 - probes are diagnostics; training must go on
+        warn(f"locality probes failed ({type(exc).__name__}: {exc}); continuing without them")
+        return None

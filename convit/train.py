@@ -1,42 +1,34 @@
 """The training engine: ``run(spec, workdir)`` trains any :class:`~convit.spec.RunSpec` and never loses work.
 
-One pure entry point serves the CLI (``python -m convit.train SPEC.json WORKDIR``), the submitit jobs and the
-tests. The recipe is the DeiT recipe used by ConViT (reference section 6), built from timm's components.
+Size: over 600 lines because the loop, the state it checkpoints and resumes, and the CLI driving it are one
+concept (bit-exact resume depends on all three); everything else is in the modules listed below.
 
-Faithful-vs-original choices (each selectable where a paper number could depend on it):
-- ``recipe.lr_schedule="step"`` (default): cosine with warm-up evaluated at every optimiser step, as the paper
-  describes. ``"epoch_lagged"`` reproduces the original code: the lr is set once per epoch *after* the
-  epoch, so epochs 0 and 1 both run at ``warmup_lr`` and epoch e >= 1 runs at lr(e - 1). Both use timm's
-  ``CosineLRScheduler`` without warm-up prefix (timm 0.3.2 behaviour: the cosine is not shifted by warm-up).
-- ``recipe.decay_pos_embed=False`` (default): ``pos_embed``/``cls_token`` (``model.no_weight_decay()``), every
-  1-D parameter and every bias get no weight decay. ``True`` reproduces the original DDP runs, where the
-  optimiser was built from the DDP wrapper and only 1-D parameters/biases were exempt (reference 8.2 item 5).
-- Repeated augmentation uses timm's ``RepeatAugSampler`` (3 repeats, epochs of floor(N / ra_round) * ra_round
-  samples) and calls ``set_epoch`` every epoch, also in single-process runs (the original code did not, so a
-  plain ``python main.py`` run saw the same third of the data every epoch; reference 8.2 item 2). The sampler
-  key is ``epoch + 1_000_003 * seed``: seed 0 gives the original data order, other seeds a different one (the
-  original order ignored the seed, which would make multi-seed error bars miss data-order noise).
+One pure entry point serves the CLI (``python -m convit.train SPEC.json WORKDIR``), the submitit jobs and the
+tests. This module is the loop and the run's state (build, checkpoint, resume, epochs); each other concept has
+its own room, re-exported here where callers used to find it:
+
+- :mod:`convit.recipe`: the DeiT recipe from timm's components (weight-decay groups, optimiser, lr schedule,
+  loss and mixup, hard distillation loss) and its faithful-vs-original switches;
+- :mod:`convit.sampling`: the batch arithmetic (:class:`~convit.sampling.Plan`), repeated augmentation, the
+  per-sample seeds and each epoch's batches;
+- :mod:`convit.rundir`: the run directory (spec check, ``env.json``, metrics lines, the lock, the console);
+- :mod:`convit.teacher`: the distillation teacher; :mod:`convit.evaluation`: validation and the probes;
+- :mod:`convit.train_errors`: what a run raises.
+
+Other faithful-vs-original choices made here:
 - Evaluation shards the validation set ``rank::world_size`` and sums counts across ranks, so every image is
   counted exactly once whatever the world size (no padding duplicates, DeiT issue #24).
 - EMA (timm ``ModelEmaV3``, constant decay like DeiT's ``ModelEma``) is off by default, as in ConViT.
-- Hard distillation (Table 4; the official ConViT code has none, the paper used DeiT's): a spec tagged
-  ``distillation="hard"`` trains the plain student (no distillation token) on
-  ``0.5 * criterion(student, targets) + 0.5 * cross_entropy(student, teacher.argmax(-1))``
-  (:func:`hard_distillation_loss`). The teacher is timm's ``tags["teacher_model"]`` with the dataset's class
-  count, loaded from the file passed as ``run(..., teacher=PATH)``: a runtime input like ``data_root``, not
-  part of the spec, so moving the file changes no digest. It is frozen (eval mode, no gradients), runs under
-  the student's autocast on the student's augmented (mixed) batch, is never saved into the student's
-  checkpoint and is reloaded from the file on resume. Undistilled runs take exactly the code path they took
-  before distillation existed.
+- Hard distillation (Table 4; :mod:`convit.teacher`): a spec tagged ``distillation="hard"`` trains the plain
+  student on ``0.5 * criterion(student, targets) + 0.5 * cross_entropy(student, teacher.argmax(-1))``
+  (:func:`hard_distillation_loss`), the teacher given as ``run(..., teacher=PATH)``, never part of the spec.
 
-Determinism: every random draw is a function of (seed, rank, epoch, step) or (seed, epoch, sample position):
-per-sample augmentation is seeded inside a dataset wrapper from the sample's *global* position in the epoch
-(so neither DataLoader workers nor the world size change it), and the main process reseeds torch/numpy/random
-before each micro-batch's mixup/drop-path. Resuming from any checkpoint therefore reproduces the uninterrupted
-run bit for bit on CPU; a mid-epoch resume slices the epoch's index list instead of loading skipped batches.
-On a GPU that needs ``resources.deterministic`` (:mod:`convit.cudaconf`, which also sets TF32, cuDNN
-autotuning and the autocast dtype, bf16 falling back to fp16 on GPUs without it, and records them in
-``env.json``).
+Determinism: every random draw is a function of (seed, rank, epoch, step) or (seed, epoch, sample position)
+(:mod:`convit.sampling`), and the main process reseeds torch/numpy/random before each micro-batch's
+mixup/drop-path. Resuming from any checkpoint therefore reproduces the uninterrupted run bit for bit on CPU;
+a mid-epoch resume slices the epoch's index list instead of loading skipped batches. On a GPU that needs
+``resources.deterministic`` (:mod:`convit.cudaconf`, which also sets TF32, cuDNN autotuning and the autocast
+dtype, bf16 falling back to fp16 on GPUs without it, and records them in ``env.json``).
 
 GPU path: the step loop reads nothing from the device per step; each step's loss stays there and a batch of
 them is read every :data:`SYNC_EVERY` steps (one host sync, see there). Evaluation is
@@ -48,31 +40,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
-import os
-import platform
-import random
 import signal
-import struct
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from convit import checkpoint as ckpt
-from convit import cudaconf, distributed, evaluation, runlock, tboard
+from convit import cudaconf, distributed, evaluation, rundir, sampling, tboard
+from convit import teacher as teachers
 from convit.distributed import DistContext
 from convit.progress import EpochProgress
+from convit.recipe import (
+    build_criterion,
+    build_optimizer,
+    build_scheduler,
+    hard_distillation_loss,
+    weight_decay_names,
+)
+from convit.recipe import set_lr as _set_lr
+from convit.rundir import Printer as _Printer
+from convit.rundir import env_info as _env_info  # noqa: F401  (experiments/evaluate.py imports it from here)
+from convit.sampling import Plan as _Plan
 from convit.spec import RunSpec, SpecError
+from convit.train_errors import NonFiniteLoss, Preempted, RunInUse, SpecMismatch, TrainError
 
 __all__ = [
     "SUPPORTS_DISTILLATION",
@@ -90,8 +88,6 @@ __all__ = [
     "weight_decay_names",
 ]
 
-#: Repeats per image in repeated augmentation (DeiT/ConViT RASampler).
-RA_REPEATS = 3
 CHECKPOINT_FORMAT = 1
 #: The engine trains ``tags["distillation"] == "hard"`` specs (the launcher checks this before submitting).
 SUPPORTS_DISTILLATION = True
@@ -104,224 +100,9 @@ SUPPORTS_DISTILLATION = True
 SYNC_EVERY = 16
 
 
-class TrainError(RuntimeError):
-    """A run cannot proceed for a reason the user can fix (bad batch arithmetic, wrong workdir ...)."""
-
-
-class SpecMismatch(TrainError):
-    """The workdir belongs to a different spec: relaunching there would silently mix two experiments."""
-
-    def __init__(self, workdir: Path, keys: Sequence[str]):
-        self.workdir = workdir
-        self.keys = list(keys)
-        shown = ", ".join(self.keys[:10]) + (" ..." if len(self.keys) > 10 else "")
-        super().__init__(
-            f"{workdir} holds a run with a different spec (differing keys: {shown}); "
-            "use a new workdir for a new spec"
-        )
-
-
-class RunInUse(TrainError):
-    """Another process is training in this run directory (a duplicate launch); see :mod:`convit.runlock`."""
-
-
-class NonFiniteLoss(TrainError):
-    """The training loss became NaN/inf; the last good checkpoint is left untouched."""
-
-    def __init__(self, epoch: int, step: int, global_step: int):
-        self.epoch, self.step, self.global_step = epoch, step, global_step
-        super().__init__(
-            f"non-finite training loss at epoch {epoch} (0-based), step {step} of the epoch "
-            f"(global step {global_step}); the last good checkpoint is kept"
-        )
-
-
-class Preempted(Exception):  # noqa: N818 - a signal to the job wrapper, not an error
-    """``should_stop()`` turned true: a mid-epoch checkpoint was saved; relaunch to resume."""
-
-    def __init__(self, epoch: int, step: int, path: Path):
-        self.epoch, self.step, self.path = epoch, step, path
-        super().__init__(f"preempted at epoch {epoch} step {step}; checkpoint saved to {path}")
-
-
-# --------------------------------------------------------------------------------------------------
-# small helpers
-# --------------------------------------------------------------------------------------------------
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers: stable across processes and Python runs (unlike ``hash``)."""
-    digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-
-
-_SAMPLE_DOMAIN = 1
-_STEP_DOMAIN = 2
-_PROBE_DOMAIN = 3
-
 #: metrics.jsonl / result.json fields that measure the machine, not the run: they differ between a resumed run
 #: and an uninterrupted one (and between two identical runs); every other field is reproducible bit for bit.
 TIMING_KEYS = frozenset({"images_per_s", "train_time_s", "data_wait_s", "epoch_time_s", "wall_time_s"})
-
-
-def _sha256(path: Path) -> str:
-    """The file's SHA-256, recorded in env.json: a teacher file name alone does not say which weights."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        if not data and prefix:
-            out[prefix] = {}
-        return out
-    return {prefix: data}
-
-
-def _spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k, object()) != b.get(k, object()))
-
-
-class _Printer:
-    """Rank-0 console output: info to stdout, warnings to stderr (other ranks stay quiet)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(message, flush=True)
-
-    def warn(self, message: str) -> None:
-        if self.enabled:
-            print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# recipe components (public so tests and analysis can check the wiring)
-# --------------------------------------------------------------------------------------------------
-def _no_wd_list(model: nn.Module, decay_pos_embed: bool) -> list[str]:
-    if decay_pos_embed:
-        # The original DDP runs built the optimiser from the DDP wrapper, which has no no_weight_decay():
-        # only the 1-D/bias rule applied, so pos_embed and cls_token were decayed.
-        return []
-    fn = getattr(model, "no_weight_decay", None)
-    return sorted(fn()) if callable(fn) else []
-
-
-def weight_decay_names(model: nn.Module, decay_pos_embed: bool = False) -> tuple[list[str], list[str]]:
-    """``(decayed, not_decayed)`` parameter names, by the same rule :func:`build_optimizer` uses."""
-    from timm.optim._param_groups import _matches_pattern
-
-    skip = _no_wd_list(model, decay_pos_embed)
-    decayed, plain = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(".bias") or _matches_pattern(name, skip):
-            plain.append(name)
-        else:
-            decayed.append(name)
-    return decayed, plain
-
-
-def build_optimizer(model: nn.Module, recipe: Any, lr: float) -> torch.optim.Optimizer:
-    """AdamW with timm's no-weight-decay groups (1-D, biases, ``no_weight_decay()`` unless decay_pos_embed).
-
-    The groups are built from the bare model (never a DDP wrapper), so the rule is the same on 1 or N devices.
-    """
-    from timm.optim import create_optimizer_v2, param_groups_weight_decay
-
-    groups = param_groups_weight_decay(
-        model, recipe.weight_decay, no_weight_decay_list=_no_wd_list(model, recipe.decay_pos_embed)
-    )
-    return create_optimizer_v2(
-        groups, opt="adamw", lr=lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps
-    )
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Any, steps_per_epoch: int) -> Any:
-    """timm ``CosineLRScheduler`` in optimiser steps (``"step"``) or in epochs (``"epoch_lagged"``)."""
-    from timm.scheduler import CosineLRScheduler
-
-    if recipe.lr_schedule == "step":
-        t_initial = recipe.epochs * steps_per_epoch
-        warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
-        t_in_epochs = False
-    else:
-        t_initial = recipe.epochs
-        warmup = recipe.warmup_epochs
-        t_in_epochs = True
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=t_initial,
-        lr_min=recipe.min_lr,
-        warmup_t=warmup,
-        warmup_lr_init=recipe.warmup_lr,
-        warmup_prefix=False,
-        cycle_limit=1,
-        t_in_epochs=t_in_epochs,
-    )
-
-
-def _set_lr(scheduler: Any, recipe: Any, epoch: int, global_step: int) -> None:
-    """Put the lr for (epoch, global_step) into the optimiser; timm's scheduler is stateless in t."""
-    if recipe.lr_schedule == "step":
-        scheduler.step_update(global_step)
-    elif epoch == 0:
-        # The scheduler's constructor value: warmup_lr with warm-up, else the peak.
-        scheduler.update_groups(recipe.warmup_lr if scheduler.warmup_t else scheduler.base_values)
-    else:
-        scheduler.step(epoch - 1)  # the original one-epoch lag
-
-
-def hard_distillation_loss(
-    base_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    student_logits: torch.Tensor,
-    targets: torch.Tensor,
-    teacher_logits: torch.Tensor,
-) -> torch.Tensor:
-    """DeiT's hard distillation: half the run's usual loss, half cross-entropy on the teacher's argmax.
-
-    ``base_criterion`` is the engine's criterion unchanged (soft-target CE on mixup/cutmix targets with label
-    smoothing, or plain / smoothed CE), so distillation adds a term without altering the recipe's own loss.
-    The teacher term takes the teacher's decision on the same (mixed) image as one hard label with no
-    smoothing: that is what makes it *hard* distillation, and why a teacher can supply a label where mixup
-    made the ground truth ambiguous.
-    """
-    teacher_labels = teacher_logits.argmax(dim=-1)
-    distill = nn.functional.cross_entropy(student_logits, teacher_labels)
-    return 0.5 * base_criterion(student_logits, targets) + 0.5 * distill
-
-
-# --------------------------------------------------------------------------------------------------
-# data plumbing
-# --------------------------------------------------------------------------------------------------
-class _SeededSamples(Dataset):
-    """Wraps a dataset so ``ds[(index, seed)]`` draws that sample's augmentation from ``seed``.
-
-    The seed travels with the index from the main process, so the augmentation of a sample depends only on
-    (run seed, epoch, position in the epoch), never on which worker process loads it or in what order.
-    """
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        _seed_everything(seed)
-        return self.base[index]
 
 
 class _StepRecord(NamedTuple):
@@ -334,120 +115,8 @@ class _StepRecord(NamedTuple):
     data_wait: float  # the epoch's loader wait so far, for the progress line
 
 
-class _BatchList:
-    """A batch sampler whose batches are replaced each epoch (works with persistent DataLoader workers)."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int]]] = []
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class _Plan:
-    """Derived batch arithmetic: printed at start, and the single source of steps/epoch and warm-up."""
-
-    def __init__(self, spec: RunSpec, ctx: DistContext, n_train: int, say: _Printer):
-        recipe, res = spec.recipe, spec.resources
-        self.world = ctx.world_size
-        self.global_batch = recipe.batch_size
-        if res.per_device_batch is None:
-            if self.global_batch % self.world:
-                raise TrainError(
-                    f"global batch {self.global_batch} is not divisible by world size {self.world}; "
-                    "set resources.per_device_batch"
-                )
-            self.per_device = self.global_batch // self.world
-        else:
-            self.per_device = res.per_device_batch
-        denom = self.per_device * self.world
-        if self.global_batch % denom:
-            raise TrainError(
-                f"global batch {self.global_batch} is not a multiple of per-device batch {self.per_device} x "
-                f"world size {self.world}: gradient accumulation must be integral"
-            )
-        self.accum = self.global_batch // denom
-        self.peak_lr = recipe.peak_lr()
-        self.n_train = n_train
-        self.ra_round = recipe.ra_round
-        if recipe.repeated_aug and n_train < recipe.ra_round:
-            say(
-                f"note: {n_train} training images < ra_round {recipe.ra_round}: repeated-augmentation epochs "
-                f"are rounded to the global batch ({self.global_batch}) instead"
-            )
-            self.ra_round = self.global_batch
-        if recipe.repeated_aug:
-            usable = n_train // self.ra_round * self.ra_round
-            per_rank = usable // self.world
-        else:
-            per_rank = math.ceil(n_train / self.world)
-        self.samples_per_rank = per_rank
-        self.steps_per_epoch = per_rank // (self.per_device * self.accum)
-        if self.steps_per_epoch < 1:
-            raise TrainError(
-                f"{n_train} training images give no full optimiser step at global batch {self.global_batch}"
-            )
-        self.total_steps = recipe.epochs * self.steps_per_epoch
-        self.warmup_steps = int(round(recipe.warmup_epochs * self.steps_per_epoch))
-
-    def describe(self) -> str:
-        return (
-            f"global batch {self.global_batch} = {self.world} device(s) x per-device batch "
-            f"{self.per_device} x "
-            f"{self.accum} accumulation step(s); peak lr {self.peak_lr:.3g}; {self.n_train} train images; "
-            f"{self.steps_per_epoch} steps/epoch; {self.total_steps} total steps; "
-            f"{self.warmup_steps} warm-up steps"
-        )
-
-
-def _make_sampler(spec: RunSpec, plan: _Plan, ctx: DistContext, train_ds: Dataset) -> Any:
-    if spec.recipe.repeated_aug:
-        from timm.data.distributed_sampler import RepeatAugSampler
-
-        return RepeatAugSampler(
-            train_ds,
-            num_replicas=ctx.world_size,
-            rank=ctx.rank,
-            shuffle=True,
-            num_repeats=RA_REPEATS,
-            selected_round=plan.ra_round,
-        )
-    return DistributedSampler(
-        train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=spec.seed, drop_last=False
-    )
-
-
-def _epoch_batches(
-    spec: RunSpec, plan: _Plan, ctx: DistContext, sampler: Any, epoch: int, start_step: int
-) -> list[list[tuple[int, int]]]:
-    """This rank's micro-batches of ``epoch`` from optimiser step ``start_step`` on, as (index, seed) keys.
-
-    Samplers give rank r the positions r, r + W, r + 2W ... of one global order, so position j on rank r is
-    global position j * W + r; seeding by that makes a sample's augmentation independent of the world size.
-    """
-    if spec.recipe.repeated_aug:
-        sampler.set_epoch(epoch + 1_000_003 * spec.seed)
-    else:
-        sampler.set_epoch(epoch)
-    indices = list(sampler)
-    micro = plan.per_device
-    first = start_step * plan.accum
-    last = plan.steps_per_epoch * plan.accum
-    batches = []
-    for m in range(first, last):
-        batch = []
-        for j in range(m * micro, (m + 1) * micro):
-            position = j * ctx.world_size + ctx.rank
-            batch.append((indices[j], _mix(_SAMPLE_DOMAIN, spec.seed, epoch, position)))
-        batches.append(batch)
-    return batches
-
-
 # --------------------------------------------------------------------------------------------------
-# evaluation and probes
+# evaluation (one-off; the engine keeps its loader for the run)
 # --------------------------------------------------------------------------------------------------
 def _evaluate(
     model: nn.Module,
@@ -459,151 +128,6 @@ def _evaluate(
 ) -> dict[str, float]:
     """One-off :func:`convit.evaluation.evaluate` of ``val_ds`` (the engine keeps its loader for the run)."""
     return evaluation.evaluate(model, evaluation.make_loader(val_ds, ctx, batch_size, workers), ctx, autocast)
-
-
-def _probe_batch(val_ds: Dataset, spec: RunSpec) -> torch.Tensor:
-    """A fixed probe batch: the first images of a seeded shuffle of the val set (not just class 0)."""
-    g = torch.Generator().manual_seed(_mix(_PROBE_DOMAIN, spec.seed))
-    order = torch.randperm(len(val_ds), generator=g)[: spec.probes.batch].tolist()  # type: ignore[arg-type]
-    return torch.stack([val_ds[i][0] for i in order])
-
-
-def _run_probes(model: nn.Module, images: torch.Tensor, mode: str, say: _Printer) -> dict[str, Any] | None:
-    """Locality probes, guarded: a model the probes do not understand costs a warning, not the run."""
-    try:
-        from convit.probes import locality_probes
-
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            out = locality_probes(model, images, mode)
-        model.train(was_training)
-        return {
-            key: [[float(v) for v in row] for row in out.get(key, [])]
-            for key in ("nonlocality", "gate_sigma", "centre_distance")
-        }
-    except Exception as exc:  # noqa: BLE001 - probes are diagnostics; training must go on
-        say.warn(f"locality probes failed ({type(exc).__name__}: {exc}); continuing without them")
-        return None
-
-
-# --------------------------------------------------------------------------------------------------
-# run directory
-# --------------------------------------------------------------------------------------------------
-def _git_info() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return {}
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {}
-
-
-def _hostnames(ctx: DistContext) -> list[str]:
-    """Every rank's hostname in rank order, for env.json: which machines a multi-node run really used.
-
-    A collective (all ranks must call it); rank 0's own ``hostname`` alone cannot show that a 2-node job
-    was not packed onto one node.
-    """
-    name = platform.node()
-    if not ctx.distributed:
-        return [name]
-    names: list[Any] = [None] * ctx.world_size
-    torch.distributed.all_gather_object(names, name)
-    return [str(n) for n in names]
-
-
-def _env_info(ctx: DistContext) -> dict[str, Any]:
-    import timm
-    import torchvision
-
-    if ctx.device.type == "cuda":
-        device_name = torch.cuda.get_device_name(ctx.device)
-    else:
-        device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "hostname": platform.node(),
-        # SLURM provenance (None outside SLURM): which job/array task wrote this run, for sacct look-ups.
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "slurm_array": os.environ.get("SLURM_ARRAY_JOB_ID"),
-        "world_size": ctx.world_size,
-        "device": device_name,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **_git_info(),
-    }
-
-
-def _check_workdir(spec: RunSpec, workdir: Path) -> dict[str, Any] | None:
-    """Refuse a workdir of another spec; return the stored result of a finished run of this spec."""
-    spec_path = workdir / "spec.json"
-    if spec_path.exists():
-        try:
-            stored = json.loads(spec_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainError(f"{spec_path} is unreadable ({exc}); remove it or use another workdir") from exc
-        diff = _spec_diff(stored, spec.to_dict())
-        if diff:
-            raise SpecMismatch(workdir, diff)
-        result_path = workdir / "result.json"
-        if result_path.exists():
-            try:
-                return json.loads(result_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                return None  # rewritten from the final checkpoint
-    elif (workdir / ckpt.CHECKPOINT).exists() or (workdir / "result.json").exists():
-        raise TrainError(
-            f"{workdir} has run files but no spec.json; refusing to guess which run it belongs to"
-        )
-    return None
-
-
-def _check_distillation(spec: RunSpec, teacher: str | Path | None) -> Path | None:
-    """The teacher file a distilled spec needs (None for an undistilled one), checked before any work.
-
-    A missing file is a user mistake found in milliseconds here, instead of after the datasets are built.
-    """
-    kind = spec.tags.get("distillation")
-    if not kind:
-        if teacher is not None:
-            raise TrainError(
-                f"a teacher ({teacher}) was given but the spec asks for no distillation "
-                "(tags.distillation is unset): drop the teacher or use a distilled spec"
-            )
-        return None
-    if kind != "hard":
-        raise TrainError(f"tags.distillation={kind!r} is not supported; the engine does 'hard' distillation")
-    model = spec.tags.get("teacher_model")
-    if not model:
-        raise TrainError("a distilled spec needs tags.teacher_model (the teacher's timm architecture name)")
-    wanted = str(spec.tags.get("teacher", "a teacher checkpoint")).removeprefix("file:")
-    if teacher is None:
-        raise TrainError(
-            f"the spec distils from {wanted} ({model}) but no teacher file was given: pass its path "
-            "(run(..., teacher=PATH), python -m convit.train ... --teacher PATH, "
-            "or launch.py --checkpoints DIR)"
-        )
-    path = Path(teacher)
-    if not path.is_file():
-        raise TrainError(
-            f"distillation teacher {path} not found: put the {model} checkpoint ({wanted}) there "
-            "or give the right path (launch.py: --checkpoints DIR)"
-        )
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,17 +158,18 @@ def run(
     if not isinstance(spec, RunSpec):
         raise TypeError(f"spec must be a RunSpec, got {type(spec).__name__}")
     workdir = Path(workdir)
-    done = _check_workdir(spec, workdir)
+    done = rundir.check_workdir(spec, workdir)
     if done is not None:
         return done
-    teacher_path = _check_distillation(spec, teacher)
+    teacher_path = teachers.check_teacher(spec, teacher)
     # numerics first: the deterministic switch must be set before cuBLAS and NCCL start (convit.cudaconf)
     with cudaconf.Numerics(spec.resources.deterministic) as numerics:
         ctx = distributed.setup(device)
         try:
             numerics.apply(ctx.device)
-            with _exclusive(workdir, ctx, lock_wait_s):
-                done = _check_workdir(spec, workdir)  # a duplicate that waited for the lock finds it done
+            with rundir.exclusive(workdir, ctx, lock_wait_s):
+                # a duplicate that waited for the lock finds it done
+                done = rundir.check_workdir(spec, workdir)
                 if done is not None:
                     return done
                 engine = _Engine(spec, workdir, ctx, data_root, should_stop, teacher_path, progress_every_s)
@@ -652,24 +177,6 @@ def run(
                 return engine.fit()
         finally:
             distributed.teardown(ctx)
-
-
-@contextlib.contextmanager
-def _exclusive(workdir: Path, ctx: DistContext, wait_s: float) -> Iterator[None]:
-    """Rank 0 holds the run directory's lock (:mod:`convit.runlock`) while every rank trains; if another
-    process holds it, every rank raises :class:`RunInUse`."""
-    with contextlib.ExitStack() as stack:
-        error: runlock.RunDirBusy | None = None
-        if ctx.is_main:
-            try:
-                stack.enter_context(runlock.hold(workdir, wait_s))
-            except runlock.RunDirBusy as exc:
-                error = exc
-        busy = torch.tensor([float(error is not None)], device=ctx.device)
-        distributed.all_reduce(busy, ctx, op="max")
-        if busy.item():
-            raise RunInUse(str(error) if error is not None else f"{workdir} is in use (rank 0 says by whom)")
-        yield
 
 
 def _buffers_need_sync(model: nn.Module) -> bool:
@@ -758,36 +265,13 @@ class _Engine:
         else:
             self.ddp = model
 
-        mixup_on = recipe.mixup > 0 or recipe.cutmix > 0
-        self.mixup = None
-        if mixup_on:
-            from timm.data import Mixup
-            from timm.loss import SoftTargetCrossEntropy
+        self.mixup, self.criterion = build_criterion(recipe, self.plan.per_device, self.num_classes)
 
-            if self.plan.per_device % 2:
-                raise TrainError(f"Mixup/CutMix needs an even per-device batch, got {self.plan.per_device}")
-            self.mixup = Mixup(
-                mixup_alpha=recipe.mixup,
-                cutmix_alpha=recipe.cutmix,
-                prob=recipe.mixup_prob,
-                switch_prob=recipe.mixup_switch_prob,
-                mode=recipe.mixup_mode,
-                label_smoothing=recipe.smoothing,
-                num_classes=self.num_classes,
-            )
-            self.criterion: nn.Module = SoftTargetCrossEntropy()
-        elif recipe.smoothing > 0:
-            from timm.loss import LabelSmoothingCrossEntropy
-
-            self.criterion = LabelSmoothingCrossEntropy(smoothing=recipe.smoothing)
-        else:
-            self.criterion = nn.CrossEntropyLoss()
-
-        self.sampler = _make_sampler(spec, self.plan, ctx, self.train_ds)
-        self.batches = _BatchList()
+        self.sampler = sampling.make_sampler(spec, self.plan, ctx, self.train_ds)
+        self.batches = sampling.BatchList()
         workers = spec.resources.workers
         self.loader = DataLoader(
-            _SeededSamples(self.train_ds),
+            sampling.SeededSamples(self.train_ds),
             batch_sampler=self.batches,
             num_workers=workers,
             pin_memory=cuda,
@@ -797,51 +281,16 @@ class _Engine:
         self.val_loader = evaluation.make_loader(self.val_ds, ctx, self.eval_batch, workers)
         self.probe_images = None
         if ctx.is_main and spec.probes.every > 0:
-            self.probe_images = _probe_batch(self.val_ds, spec)
+            self.probe_images = evaluation.probe_batch(self.val_ds, spec)
         self.teacher = self._build_teacher() if self.teacher_path is not None else None
 
     def _build_teacher(self) -> nn.Module:
-        """The frozen teacher from ``self.teacher_path``; every user mistake is one :class:`TrainError`.
-
-        Built last and under a forked RNG: its random init (overwritten by the file) must not shift anything
-        the student's run draws. The classifier size is checked before the strict load so a teacher trained
-        on another dataset is named as such, not as a key-by-key shape mismatch.
-        """
-        import timm
-
-        from convit.models import ModelError
-        from convit.models.weights import load_state_checked, read_state_dict
-
-        path, name = self.teacher_path, str(self.spec.tags["teacher_model"])
-        assert path is not None
-        dataset = self.spec.data.name
-        try:
-            state = read_state_dict(path)
-        except ModelError as exc:
-            # torch's unpickling errors run over many lines: name the file, the cause and the fix in one
-            why = f"torch.load failed: {type(exc.__cause__).__name__}" if exc.__cause__ else str(exc)
-            raise TrainError(
-                f"cannot use the distillation teacher {path} ({why.splitlines()[0]}): it must be a timm "
-                f"{name} state dict, e.g. torch.save(model.state_dict(), path)"
-            ) from None
-        with torch.random.fork_rng(devices=[]):
-            try:
-                teacher = timm.create_model(name, num_classes=self.num_classes, pretrained=False)
-            except RuntimeError as exc:  # timm: "Unknown model (...)"
-                raise TrainError(f"tags.teacher_model {name!r} is not a timm model ({exc})") from None
-        head = teacher.get_classifier() if hasattr(teacher, "get_classifier") else None
-        head_key = next((f"{n}.weight" for n, m in teacher.named_modules() if m is head and n), None)
-        if head_key is not None and head_key in state and state[head_key].shape[0] != self.num_classes:
-            raise TrainError(
-                f"teacher {path} has a {state[head_key].shape[0]}-way classifier ({head_key}) but {dataset} "
-                f"has {self.num_classes} classes: give a {name} trained on {dataset}"
-            )
-        try:
-            load_state_checked(teacher, state, path)
-        except ModelError as exc:
-            raise TrainError(f"{exc} (the teacher file must hold a timm {name} state dict)") from None
-        teacher.to(self.ctx.device).eval().requires_grad_(False)
-        return teacher
+        """The frozen teacher from ``self.teacher_path`` (:func:`convit.teacher.load_teacher`)."""
+        assert self.teacher_path is not None
+        name = str(self.spec.tags["teacher_model"])
+        return teachers.load_teacher(
+            self.teacher_path, name, self.num_classes, self.spec.data.name, self.ctx.device
+        )
 
     def _distilled_loss(
         self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor
@@ -881,7 +330,7 @@ class _Engine:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"unknown checkpoint format {state.get('format')!r}")
         stored = json.loads(state["spec"])
-        diff = _spec_diff(stored, self.spec.to_dict())
+        diff = rundir.spec_diff(stored, self.spec.to_dict())
         if diff:
             raise SpecMismatch(self.workdir, diff)
         for key in ("epoch", "step_in_epoch", "global_step", "model", "optimizer", "history"):
@@ -940,10 +389,7 @@ class _Engine:
         self.last_lr = 0.0  # lr of the latest optimiser step (logged; restored on resume)
         self.history: list[dict[str, Any]] = []
         if ctx.is_main:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            spec_path = self.workdir / "spec.json"
-            if not spec_path.exists():
-                ckpt.write_text_atomic(spec_path, spec.to_json() + "\n")
+            rundir.write_spec(self.workdir, spec)
         distributed.barrier(ctx)
 
         self._build()
@@ -958,24 +404,19 @@ class _Engine:
         self.board = tboard.Board(
             self.workdir, resume_step=self.global_step, history=self.history, active=ctx.is_main
         )
-        hosts = _hostnames(ctx)  # every rank takes part
+        hosts = rundir.hostnames(ctx)  # every rank takes part
         if ctx.is_main:
-            env = _env_info(ctx)
-            env["hosts"] = hosts
-            env["resumed_at_epoch"] = start_epoch if (start_epoch or start_step) else None
             numerics = self.numerics.record() if self.numerics is not None else {}
-            env["numerics"] = {**numerics, "amp": self.amp.record()}
-            if self.teacher_path is not None:
-                env["teacher"] = {
-                    "file": str(self.teacher_path.resolve()),
-                    "sha256": _sha256(self.teacher_path),
-                    "model": self.spec.tags["teacher_model"],
-                }
-            ckpt.write_json_atomic(self.workdir / "env.json", env)
-            # the checkpoint's history is the truth: drop lines of epochs it does not cover, restore
-            # missing ones
-            text = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in self.history)
-            ckpt.write_text_atomic(self.workdir / "metrics.jsonl", text)
+            rundir.write_env(
+                self.workdir,
+                ctx,
+                hosts=hosts,
+                resumed_at_epoch=start_epoch if (start_epoch or start_step) else None,
+                numerics={**numerics, "amp": self.amp.record()},
+                teacher_path=self.teacher_path,
+                teacher_model=self.spec.tags["teacher_model"] if self.teacher_path is not None else None,
+            )
+            rundir.write_metrics(self.workdir, self.history)  # the checkpoint's history is the truth
 
         epochs = self.recipe.epochs
         try:
@@ -984,7 +425,9 @@ class _Engine:
         finally:
             self.board.close()  # flushes what was logged, on preemption and errors too
 
-        result = self._result()
+        result = rundir.result_record(
+            self.history[-1], self._wall_time(), ctx.world_size, self.params, self.teacher_path
+        )
         if ctx.is_main:
             ckpt.write_json_atomic(self.workdir / "result.json", result)
             say(f"done: top1 {result['top1']:.2f} top5 {result['top5']:.2f} in {result['wall_time_s']:.1f} s")
@@ -993,7 +436,7 @@ class _Engine:
 
     def _train_epoch(self, epoch: int, start_step: int) -> None:
         spec, plan, ctx, recipe = self.spec, self.plan, self.ctx, self.recipe
-        self.batches.batches = _epoch_batches(spec, plan, ctx, self.sampler, epoch, start_step)
+        self.batches.batches = sampling.epoch_batches(spec, plan, ctx, self.sampler, epoch, start_step)
         _set_lr(self.scheduler, recipe, epoch, self.global_step)
         self.ddp.train()
         t0 = time.monotonic()
@@ -1021,7 +464,9 @@ class _Engine:
                 data_wait += time.perf_counter() - waited
                 images = images.to(ctx.device, non_blocking=True)
                 targets = targets.to(ctx.device, non_blocking=True)
-                _seed_everything(_mix(_STEP_DOMAIN, spec.seed, ctx.rank, epoch, step, micro))
+                sampling.seed_everything(
+                    sampling.mix(sampling.STEP_DOMAIN, spec.seed, ctx.rank, epoch, step, micro)
+                )
                 if self.mixup is not None:
                     images, targets = self.mixup(images, targets)
                 sync = micro == plan.accum - 1 or not ctx.distributed
@@ -1086,7 +531,9 @@ class _Engine:
                     ema_val_loss=ema_metrics["loss"],
                 )
         if self.probe_images is not None and (epoch + 1) % spec.probes.every == 0:
-            probes = _run_probes(self.model, self.probe_images.to(ctx.device), spec.probes.mode, self.say)
+            probes = evaluation.run_probes(
+                self.model, self.probe_images.to(ctx.device), spec.probes.mode, self.say.warn
+            )
             if probes is not None:
                 entry.update(probes)
         entry["images_per_s"] = images_per_s
@@ -1099,13 +546,10 @@ class _Engine:
         # on resume
         self._save(epoch + 1, 0)
         if ctx.is_main:
-            with open(self.workdir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(entry, sort_keys=True) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            rundir.append_metrics(self.workdir, entry)
         self.board.epoch(entry)
         self.board.flush()
-        self.say(self._epoch_line(entry))
+        self.say(rundir.epoch_line(entry, self.recipe.epochs))
 
     def _drain(
         self, pending: list[_StepRecord], epoch: int, requested: bool, progress: EpochProgress
@@ -1155,42 +599,6 @@ class _Engine:
             self.loss_sum, self.loss_count = total, int(count)
         else:
             self.loss_sum, self.loss_count = 0.0, 0
-
-    def _epoch_line(self, entry: dict[str, Any]) -> str:
-        parts = [
-            f"epoch {entry['epoch']}/{self.recipe.epochs}",
-            f"step {entry['step']}",
-            f"loss {entry['train_loss']:.4f}",
-            f"lr {entry['lr']:.3g}",
-        ]
-        if "val_top1" in entry:
-            parts.append(
-                f"top1 {entry['val_top1']:.2f} top5 {entry['val_top5']:.2f} val_loss {entry['val_loss']:.4f}"
-            )
-        if "ema_val_top1" in entry:
-            parts.append(f"ema_top1 {entry['ema_val_top1']:.2f}")
-        parts.append(f"{entry['images_per_s']:.0f} img/s {entry['epoch_time_s']:.1f} s")
-        if entry.get("train_time_s"):
-            parts.append(f"waited on data {100 * entry['data_wait_s'] / entry['train_time_s']:.0f}%")
-        return " | ".join(parts)
-
-    def _result(self) -> dict[str, Any]:
-        final = self.history[-1]
-        result = {
-            "top1": final["val_top1"],
-            "top5": final["val_top5"],
-            "loss": final["val_loss"],
-            "epochs": final["epoch"],
-            "wall_time_s": self._wall_time(),
-            "world_size": self.ctx.world_size,
-            "params": self.params,
-        }
-        if "ema_val_top1" in final:
-            result["ema_top1"] = final["ema_val_top1"]
-            result["ema_top5"] = final["ema_val_top5"]
-        if self.teacher_path is not None:
-            result["teacher"] = self.teacher_path.name
-        return result
 
 
 # --------------------------------------------------------------------------------------------------
