@@ -1,5 +1,8 @@
 """Side-by-side speed and memory benchmark: our ConViT, our DeiT of the same size, timm's ConVit (issue 6).
 
+Size: ~630 lines, one tool: the runner, its paired statistics and its report share the
+result type and the measurement settings, so they stay together.
+
 Command::
 
     python -m convit.bench --models convit_small,deit_small,timm:convit_small --batch 16 --device cpu \\

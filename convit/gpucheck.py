@@ -1,5 +1,8 @@
 """The GPU acceptance check (issue 15): one command, under 8 minutes on one GPU, one report.
 
+Size: ~750 lines, one procedure: the check's steps share its Config/Check/StepResult and
+run as child processes of the same CLI; each step is a short function, listed in order.
+
 Command (``make gpu-check``; on a machine without the shared datasets folder, copy the archives the check
 needs into the working tree and point ``ARCHIVES`` at them)::
 

@@ -1,5 +1,8 @@
 """Submitit glue: cluster profiles, the picklable training job, array submission and waiting.
 
+Size: ~650 lines, one concept (submitit glue): the profile, the job callable, submission
+and waiting are the four parts of getting a run onto a backend and back.
+
 One callable, :class:`TrainJob`, runs a :class:`~convit.spec.RunSpec` through ``convit.train.run`` on every
 submitit backend: ``debug`` (in this process), ``local`` (subprocesses on this machine) and ``slurm``. Cluster
 facts (partition, account, ...) live in small YAML profiles (``slurm/profiles/*.yaml``), never in code.

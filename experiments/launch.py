@@ -1,5 +1,8 @@
 """Launch a suite of paper experiments, skip what is done, resume what is not, and collect the results.
 
+Size: ~900 lines, one command: planning, time limits, validation, submission and waiting
+are the launcher's steps on the same arguments, in the order they run.
+
     python experiments/launch.py SUITE [--scale S] [--cluster local|debug|slurm] [--profile FILE] ...
     python experiments/launch.py collect SUITE [--scale S]
     python experiments/launch.py list

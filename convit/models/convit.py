@@ -1,5 +1,8 @@
 """ConViT (d'Ascoli et al., ICML 2021): a ViT whose first layers use gated positional self-attention.
 
+Size: ~790 lines, one architecture: the attention layers (MHSA, GPSA, PSA) and the shared
+ZooModel are built together because their parameter names and order must equal timm's.
+
 Written from the paper and the reference notes (``convit-reference.md`` sections 1, 3 and 7), not from the
 official or timm source. The parameter names, shapes and order equal timm's ``ConVit`` (and therefore the
 official released checkpoints), so weights move between the three with a strict ``load_state_dict`` and no
