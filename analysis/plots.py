@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import to_rgb
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
 from analysis import load
@@ -60,6 +61,8 @@ OTHER_COLORS: tuple[str, ...] = (
     "0.3",
     "gold",
 )
+#: one marker per family, largest first drawn: where two families share a point, both stay visible
+FAMILY_MARKER: dict[str, tuple[str, float]] = {"convit": ("o", 10.0), "deit": ("s", 6.0), "psa": ("^", 7.0)}
 #: test-time masks (Tables 5 and 6)
 MASK_COLOR: dict[str, str] = {"none": "0.35", "content": "tab:purple", "position": "tab:orange"}
 
@@ -69,6 +72,7 @@ EPOCH_LABEL = "epoch"
 FRACTION_LABEL = "training images used (% of each class)"
 PARAMS_LABEL = "parameters (millions)"
 GAIN_LABEL = "ConViT gain over DeiT (% of DeiT top-1)"
+GAIN_BARS_LABEL = "bars: gain over DeiT (%)"
 SIGMA_LABEL = "gating σ(λ) (1 = positional)"
 NONLOCALITY_LABEL = "nonlocality (patches)"
 LAYER_LABEL = "layer (1 = first)"
@@ -168,11 +172,35 @@ def legend_outside(ax: plt.Axes, title: str | None = None, **kw: object) -> None
     )
 
 
+def family_markers(ax: plt.Axes) -> None:
+    """Give every line drawn in a family colour that family's marker and size (:data:`FAMILY_MARKER`), so a
+    DeiT square on the same point as a ConViT circle does not hide it; call before making the legend."""
+    by_color = {to_rgb(FAMILY_COLOR[f]): m for f, m in FAMILY_MARKER.items()}
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "None", "", " "):
+            continue
+        m = by_color.get(to_rgb(line.get_color()))
+        if m is not None:
+            line.set_marker(m[0])
+            line.set_markersize(m[1])
+            line.set_zorder(2 + (10.0 - m[1]) / 10)  # the smaller marker on top
+
+
+def legend_below(ax: plt.Axes) -> None:
+    """The axes' legend in one row under its x label (for panels whose right side holds a second axis)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        drop = 0.2 + 0.08 * ax.get_xlabel().count("\n")
+        ax.legend(
+            handles, labels, loc="upper center", bbox_to_anchor=(0.5, -drop), ncol=len(handles), frameon=False
+        )
+
+
 def integer_ticks(ax: plt.Axes, axis: str = "x") -> None:
     """Whole-number ticks (epochs, layers): no "1.5 epochs", also when every point sits at one value."""
     (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
     lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    if hi - lo < 2:
+    if hi - lo < 1:  # one value only (one epoch): whole numbers around it, not 0.95 ... 1.05
         mid = round((lo + hi) / 2)
         (ax.set_xlim if axis == "x" else ax.set_ylim)(mid - 1, mid + 1)
 
@@ -327,7 +355,7 @@ def fig2a_sample_efficiency(res: load.SuiteResults) -> plt.Figure:
         ax2 = ax.twinx()
         ax2.bar(gain.index, gain.values, width=np.asarray(gain.index) * 0.3, color="0.8", zorder=0)
         ax2.axhline(0, color="0.6", lw=0.8)
-        ax2.set_ylabel(GAIN_LABEL + " (bars)", color="0.4")
+        ax2.set_ylabel(GAIN_BARS_LABEL, color="0.4")
         ax2.grid(False)
         ax.set_zorder(ax2.get_zorder() + 1)  # lines and markers in front of the bars
         ax.patch.set_visible(False)
@@ -343,14 +371,14 @@ def fig2a_sample_efficiency(res: load.SuiteResults) -> plt.Figure:
             errorbar=errorbar,
             ax=ax,
         )
+        family_markers(ax)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(sorted(df[x].unique()))
         ax.set_xlabel(FRACTION_LABEL)
         ax.set_ylabel(TOP1_LABEL)
-        # below the panel: inside, it covers either the bars or the lines
-        ax.legend(title=None, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
+        legend_below(ax)
 
     def draw_paper(ax: plt.Axes) -> None:
         lines = f2a[f2a["series"].isin(["ConViT-S", "DeiT-S"])].assign(family=lambda d: d["series"])
@@ -367,6 +395,7 @@ def fig2a_sample_efficiency(res: load.SuiteResults) -> plt.Figure:
             data=runs, x="pct", y="top1", hue="family", palette=PALETTE, s=16, alpha=0.7, legend=False, ax=ax
         )
         ax.set_xlabel(FRACTION_LABEL + "\nline: seed mean; band: ±1 sd; dots: seeds")
+        legend_below(ax)
         return runs
 
     return paper_and_ours(draw_paper, draw_ours, res, "Fig. 2a: sample efficiency, ConViT vs DeiT")
@@ -407,6 +436,7 @@ def fig11c_sample_efficiency_curves(res: load.SuiteResults) -> plt.Figure:
             markersize=4,
             ax=ax,
         )
+        family_markers(ax)
         integer_ticks(ax)
         ax.set_xlabel(EPOCH_LABEL)
         ax.set_ylabel(VAL_TOP1_LABEL)
@@ -525,6 +555,7 @@ def fig12_right_ablation_curves(res: load.SuiteResults) -> plt.Figure:
                 markersize=3,
                 ax=ax,
             )
+            family_markers(ax)  # row a is the ConViT, row e the DeiT
             integer_ticks(ax)
             ax.set_xlabel(EPOCH_LABEL)
             ax.set_ylabel(VAL_TOP1_LABEL + " (seed mean)")
@@ -653,7 +684,7 @@ def fig5_fig13_nonlocality(res: load.SuiteResults) -> plt.Figure:
 
 def fig6_fig14_gate_sigma(res: load.SuiteResults) -> plt.Figure:
     """Figs. 6 / 14: sigma(lambda) of every head of every GPSA layer over training (ConViT), the layer mean
-    in black behind the heads."""
+    as a thick grey line behind the heads."""
     sg = sigma_frame(res)
     if sg.empty:
         fig, ax = plt.subplots(figsize=(9, 3))
@@ -747,7 +778,7 @@ def gate_sigma_final(res: load.SuiteResults) -> plt.Figure:
 
 
 def fig2b_params_vs_top1(res: load.SuiteResults) -> plt.Figure:
-    """Fig. 2b: top-1 against parameters, ConViT and DeiT in their colours (other architectures grey-ish)."""
+    """Fig. 2b: top-1 against parameters, ConViT and DeiT in their colours (other architectures in others)."""
     f2b = load.load_paper("fig2").query("figure == 'fig2b'").rename(columns={"x": "params_m", "y": "top1"})
 
     def params_axis(ax: plt.Axes, x: pd.Series) -> None:
@@ -773,6 +804,7 @@ def fig2b_params_vs_top1(res: load.SuiteResults) -> plt.Figure:
             marker="o",
             ax=ax,
         )
+        family_markers(ax)
         params_axis(ax, f2b["params_m"])
         legend_outside(ax, None, fontsize=9)
 
@@ -791,6 +823,7 @@ def fig2b_params_vs_top1(res: load.SuiteResults) -> plt.Figure:
             err_style="bars",
             ax=ax,
         )
+        family_markers(ax)
         for _, r in load.seed_summary(runs, ["family", "model", "params_m"]).iterrows():
             ax.annotate(
                 str(r["model"]),
@@ -872,6 +905,7 @@ def fig9_psa_vs_deit(res: load.SuiteResults) -> plt.Figure:
             errorbar="sd",
             ax=ax,
         )
+        family_markers(ax)
         integer_ticks(ax)
         ax.set_xlabel(EPOCH_LABEL)
         ax.set_ylabel(VAL_TOP1_LABEL)
@@ -907,6 +941,7 @@ def fig11a_cifar100(res: load.SuiteResults) -> plt.Figure:
             errorbar="sd",
             ax=ax,
         )
+        family_markers(ax)
         integer_ticks(ax)
         ax.set_xlabel(EPOCH_LABEL)
         ax.set_ylabel(VAL_TOP1_LABEL)

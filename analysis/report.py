@@ -3,7 +3,7 @@ paper's, and a verdict computed by an explicit rule.
 
 Usage::
 
-    python -m analysis.report [--results DIR] [--out REPRODUCTION.md]
+    python -m analysis.report [--results DIR] [--out REPRODUCTION.md] [--no-figures]
 
 Why rules are code: a verdict must be regenerated from ``results/`` by one command and must not depend on who
 reads the plots. Each :class:`Claim` states its rule in words (printed in the report) and implements exactly
@@ -23,17 +23,23 @@ Tiny-ImageNet run cannot be expected to match ImageNet numbers; at ``paper`` sca
 too, with the tolerance given in the rule. Qualitative claims are judged on direction or ordering at every
 scale. Every verdict carries the scale, the seed count and a caveat; smoke-scale verdicts are meaningless
 (plumbing only) and say so.
+
+The report shows its evidence: it (re)draws, with :mod:`analysis.plots`, the figures behind each claim group
+from the very results it judges, into ``analysis/figures/`` beside the report (``<folder of --out>/analysis/
+figures``), and embeds each with a relative link, so the curves sit next to the verdicts on a code host.
+``--no-figures`` embeds only the figure files that already exist there.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import gate, load
+from analysis import gate, load, plots
 from analysis.claims import CLAIMS, Claim, Missing
 from analysis.gate import NOT_REPRODUCED, NOT_RUN, REPRODUCED, UNDER_TRAINED, VERDICTS, WITHIN_NOISE
 
@@ -45,6 +51,8 @@ __all__ = [
     "VERDICTS",
     "WITHIN_NOISE",
     "Verdict",
+    "draw_figures",
+    "evidence",
     "evaluate",
     "main",
     "render",
@@ -202,8 +210,75 @@ def verdict_table(
     return "\n".join([summary(verdicts), "", *_table(verdicts)]) + "\n"
 
 
-def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> str:
-    """The Markdown report: a summary table, then one section per claim with its rule and caveats."""
+#: how each claim group (a suite) is headed in the report's evidence section
+GROUP_TITLES: dict[str, str] = {
+    "main_table": "Model zoo (Table 1, Fig. 2b)",
+    "sample_efficiency": "Sample efficiency (Table 2, Figs. 2a, 11c)",
+    "ablations": "Ablations (Table 3, Figs. 8, 12)",
+    "locality": "Locality and gating (Figs. 5, 6, 13, 14)",
+    "masking": "Test-time masking (Tables 5, 6)",
+    "psa": "PSA with convolutional init (Fig. 9)",
+    "cifar100": "CIFAR-100 (Fig. 11a)",
+    "distillation": "Hard distillation (Table 4)",
+}
+
+
+def figures_folder(out: Path) -> Path:
+    """Where the report's figures live: ``analysis/figures`` beside the report (for the default ``--out``,
+    this checkout's ``analysis/figures``, where the notebooks save them too)."""
+    return Path(out).resolve().parent / "analysis" / "figures"
+
+
+def draw_figures(results_dir: str | Path | None, folder: Path) -> dict[str, Path]:
+    """Draw every figure of :data:`analysis.plots.FIGURES_OF` from ``results_dir`` into ``folder``."""
+    return plots.draw_all(results_dir, folder)
+
+
+def _caption(name: str) -> str:
+    """A figure's caption: the docstring's first paragraph of the function that draws it."""
+    doc = (plots.FIGURES_OF[name][1].__doc__ or name).strip().split("\n\n")[0]
+    return " ".join(doc.split())
+
+
+def evidence(verdicts: list[Verdict], folder: Path, report_dir: Path) -> list[str]:
+    """The report's evidence section: per claim group, its verdicts in one line and the figures behind them,
+    embedded with links relative to ``report_dir``, each only if its file exists in ``folder``."""
+    lines = ["## Evidence: the figure behind each claim group", ""]
+    lines.append(
+        "Drawn by `analysis/plots.py` from the same results as the verdicts above (the notebooks save the "
+        "same figures). In every figure ConViT is red and DeiT blue; each panel of ours names its scale and "
+        "the seeds behind each point."
+    )
+    lines.append("")
+    groups = list(dict.fromkeys(c.suite for c in CLAIMS))
+    for suite in groups:
+        vs = [v for v in verdicts if next(c for c in CLAIMS if c.id == v.claim_id).suite == suite]
+        if not vs:
+            continue
+        lines += [f"### {GROUP_TITLES.get(suite, suite)}", ""]
+        lines.append("; ".join(f"{v.claim_id}: **{v.verdict}**" for v in vs) + ".")
+        lines.append("")
+        shown = 0
+        for name in plots.figures_for(suite):
+            path = Path(folder) / f"{name}.png"
+            if path.is_file():
+                link = Path(os.path.relpath(path.resolve(), Path(report_dir).resolve())).as_posix()
+                lines += [f"![{name}]({link})", "", f"*{_caption(name)}*", ""]
+                shown += 1
+        if not shown:
+            lines += ["(no figure for this group" + (" drawn yet)" if plots.figures_for(suite) else ")"), ""]
+    return lines
+
+
+def render(
+    verdicts: list[Verdict],
+    results_dir: str | Path | None = None,
+    figures: Path | None = None,
+    report_dir: Path | None = None,
+) -> str:
+    """The Markdown report: a summary table, the figures behind each claim group (when ``figures``, the
+    folder holding them, is given; links relative to ``report_dir``), then one section per claim with its
+    rule and caveats."""
     rdir = Path(results_dir) if results_dir is not None else load.default_results_dir()
     lines = [
         "# Reproduction report: ConViT (d'Ascoli et al., ICML 2021)",
@@ -240,6 +315,8 @@ def render(verdicts: list[Verdict], results_dir: str | Path | None = None) -> st
         res = load.load_suite(suite, results_dir=results_dir)
         lines.append(f"| {suite} | {res.scale or 'not yet run'} | {', '.join(res.scales_available) or '-'} |")
     lines += ["", "## Claims", "", *_table(verdicts)]
+    if figures is not None:
+        lines += ["", *evidence(verdicts, figures, report_dir if report_dir is not None else load.REPO)]
     notes = rdir / INTERPRETATION
     if notes.is_file():
         # Why a claim fails at a scale (too few steps, noise, recipe) is a judgement, not a rule: written
@@ -269,13 +346,21 @@ def main(argv: list[str] | None = None) -> int:
         "--results", type=Path, default=None, help="results folder (default: results/ of this checkout)"
     )
     ap.add_argument("--out", type=Path, default=load.REPO / "REPRODUCTION.md", help="report path")
+    ap.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="do not (re)draw the figures; embed those already in analysis/figures beside the report",
+    )
     args = ap.parse_args(argv)
     suites = sorted({c.suite for c in CLAIMS})
     if args.results is not None and not any((args.results / s).is_dir() for s in suites):
         # judging a wrong folder would overwrite the report with "not yet run" everywhere
         ap.error(f"--results {args.results} holds none of the suite folders ({', '.join(suites)})")
     verdicts = evaluate(args.results)
-    args.out.write_text(render(verdicts, args.results))
+    folder = figures_folder(args.out)
+    if not args.no_figures:
+        draw_figures(args.results, folder)
+    args.out.write_text(render(verdicts, args.results, folder, args.out.resolve().parent))
     print(f"wrote {args.out}: {summary(verdicts)}")
     return 0
 

@@ -107,6 +107,13 @@ def test_families_have_one_name_order_and_colour_in_every_panel(
                 seen.add(fam)
             order = [plots.HUE_ORDER.index(f) for f in dict.fromkeys(families)]
             assert order == sorted(order), f"{name}: families listed {families}, not in plots.FAMILY_ORDER"
+        for ax in fig.axes:  # a marker per family, so a DeiT point on a ConViT point does not hide it
+            for line in [x for x in ax.get_lines() if len(x.get_xydata()) and x.get_visible()]:
+                for fam, (marker, size) in plots.FAMILY_MARKER.items():
+                    if line.get_marker() not in ("None", None, "") and to_rgb(line.get_color()) == to_rgb(
+                        plots.FAMILY_COLOR[fam]
+                    ):
+                        assert (line.get_marker(), line.get_markersize()) == (marker, size), name
     if source == "committed":
         assert {"ConViT", "DeiT"} <= seen
 
