@@ -19,8 +19,11 @@ Paper::
 
 Checkpoints: at paper scale the released weights as local files (``convit_tiny.pth`` from the ConViT release,
 ``deit_tiny.pth`` = the DeiT release ``deit_tiny_patch16_224``), looked up in ``--checkpoints DIR``; at the
-other scales the DeiT-Ti / ConViT-Ti runs of main_table at that scale (shared run directories), which this
-suite trains first when they are missing.
+other scales the DeiT-Ti / ConViT-Ti runs this suite shares with another (their run directories stay in that
+suite's folder), trained first when they are missing: sample_efficiency's f = 1 runs where they are the very
+same training run (the cpu and smoke scales, whose sample-efficiency stand-ins are the Ti models: same spec
+but for the tags), else main_table's Ti runs. So at cpu scale the masking tables read the checkpoints of the
+sample-efficiency suite and cost no training of their own.
 
 Recorded decisions (reference 9.2.8): "# layers masked" = the *first* k GPSA layers; masking the positional
 embedding removes its whole contribution (for DeiT including the class-token slot). At scales with fewer GPSA
@@ -33,8 +36,10 @@ plus seconds of evaluation.
 
 from __future__ import annotations
 
+import dataclasses
+
 from convit.spec import RunSpec
-from experiments import main_table
+from experiments import main_table, sample_efficiency
 from experiments.common import check_scale, default_gpsa_layers, eval_spec
 
 SUITE = "masking"
@@ -42,14 +47,30 @@ TABLE5 = {"deit": (38.3, 72.2), "convit": (67.1, 73.1)}
 TABLE6 = {3: (62.3, 63.5), 5: (35.0, 53.1), 10: (1.3, 46.8)}
 
 
+def _untagged(spec: RunSpec) -> str:
+    return dataclasses.replace(spec, tags={}).to_json()
+
+
+def train_runs(scale: str) -> dict[str, RunSpec]:
+    """The Ti run evaluated for each family: sample_efficiency's f = 1 run when it is the same training run
+    as main_table's Ti (spec equal but for the tags), so that no run is trained twice, else main_table's."""
+    trains = {family: main_table.train_spec(scale, family, "tiny") for family in ("deit", "convit")}
+    twins = {s.tags["variant"]: s for s in sample_efficiency.specs(scale) if s.data.fraction == 1.0}
+    for family, spec in trains.items():
+        twin = twins.get(family)
+        if twin is not None and _untagged(twin) == _untagged(spec):
+            trains[family] = twin
+    return trains
+
+
 def specs(scale: str) -> list[RunSpec]:
     """Training runs to evaluate (non-paper scales) and the 11 evaluation entries."""
     sc = check_scale(scale)
-    trains = {family: main_table.train_spec(scale, family, "tiny") for family in ("deit", "convit")}
+    trains = train_runs(scale)
     out: list[RunSpec] = [] if scale == "paper" else list(trains.values())
 
     def source(family: str) -> str:
-        return f"file:{family}_tiny.pth" if scale == "paper" else f"run:{family}_tiny"
+        return f"file:{family}_tiny.pth" if scale == "paper" else f"run:{trains[family].tags['variant']}"
 
     for family, (masked, plain) in TABLE5.items():
         for variant, intervention, paper in (
