@@ -66,6 +66,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys where two spec dicts differ: what :class:`SpecMismatch` names."""
     a, b = _flatten(old), _flatten(new)
     return sorted(k for k in set(a) | set(b) if a.get(k, object()) != b.get(k, object()))
 
@@ -81,11 +82,13 @@ class Printer:
             print(message, flush=True)
 
     def warn(self, message: str) -> None:
+        """A ``warning:`` line on stderr (rank 0 only)."""
         if self.enabled:
             print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def git_info() -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it (empty outside a git checkout)."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
@@ -119,6 +122,7 @@ def hostnames(ctx: DistContext) -> list[str]:
 
 
 def env_info(ctx: DistContext) -> dict[str, Any]:
+    """The machine facts of ``env.json``: versions, host, SLURM job, world size, device, start, git."""
     import timm
     import torchvision
 

@@ -55,11 +55,14 @@ def mix(*parts: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed torch, ``random`` and numpy of this process (augmentation draws from all three)."""
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
 
 
+#: first argument of :func:`mix`, so the three uses never share a seed: per-sample augmentation,
+#: per-micro-batch draws (mixup, drop path), the probe batch
 SAMPLE_DOMAIN = 1
 STEP_DOMAIN = 2
 PROBE_DOMAIN = 3
@@ -144,6 +147,7 @@ class Plan:
         self.warmup_steps = int(round(recipe.warmup_epochs * self.steps_per_epoch))
 
     def describe(self) -> str:
+        """The plan as the one line a run prints at start."""
         return (
             f"global batch {self.global_batch} = {self.world} device(s) x per-device batch "
             f"{self.per_device} x "
@@ -154,6 +158,7 @@ class Plan:
 
 
 def make_sampler(spec: RunSpec, plan: Plan, ctx: DistContext, train_ds: Dataset) -> Any:
+    """timm's ``RepeatAugSampler`` (repeated augmentation) or torch's ``DistributedSampler``, this rank's."""
     if spec.recipe.repeated_aug:
         from timm.data.distributed_sampler import RepeatAugSampler
 
