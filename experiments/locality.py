@@ -5,7 +5,10 @@ Command::
     python experiments/launch.py locality --scale {paper,reduced,cpu,smoke}
 
 The runs are Table 1's DeiT and ConViT at Ti, S and B (identical specs, so they live in and are shared with
-``runs/main_table/SCALE/``: launching this suite after ``main_table`` trains nothing new). Every evaluation
+``runs/main_table/SCALE/``: launching this suite after ``main_table`` trains nothing new). Where
+sample_efficiency's f = 1 runs are the very same training runs (cpu and smoke scales: its stand-ins are the Ti
+models), those are read instead (``main_table.shared_train_spec``), so the locality claims at cpu scale come
+from the sample-efficiency suite's own runs and cost no training. Every evaluation
 also logs the probes of ``convit.probes`` into ``metrics.jsonl``, which the collector writes to
 ``results/locality/SCALE_locality.csv`` (run, epoch, layer, head, nonlocality, gate_sigma,
 centre_distance):
@@ -43,4 +46,5 @@ def specs(scale: str) -> list[RunSpec]:
     """DeiT and ConViT at Ti, S, B: main_table's runs (deduplicated after the scale's shrinking)."""
     sc = check_scale(scale)
     distinct = list(dict.fromkeys(sc.size(size) for size in SIZES))
-    return [main_table.train_spec(scale, family, size) for size in distinct for family in ("deit", "convit")]
+    families = ("deit", "convit")
+    return [main_table.shared_train_spec(scale, family, size) for size in distinct for family in families]

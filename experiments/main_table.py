@@ -32,6 +32,8 @@ the Ti and Ti+ pairs (S/B collapse onto them after shrinking), 4 runs, ~35 min; 
 
 from __future__ import annotations
 
+import dataclasses
+
 from convit.spec import DataSpec, ModelSpec, RunSpec
 from experiments.common import check_scale, eval_spec, make_spec
 
@@ -64,6 +66,27 @@ def train_spec(scale: str, family: str, size: str) -> RunSpec:
         size=size,
         tags={"paper_top1": PAPER_TOP1[variant]},
     )
+
+
+def _untagged(spec: RunSpec) -> str:
+    return dataclasses.replace(spec, tags={}).to_json()
+
+
+def shared_train_spec(scale: str, family: str, size: str) -> RunSpec:
+    """The run another suite (locality, masking) reads for ``family``/``size``: sample_efficiency's f = 1 run
+    when it is the very same training run (spec equal but for the tags: the cpu and smoke scales, whose
+    sample-efficiency stand-ins are the Ti models), so that no run is trained twice; else :func:`train_spec`.
+
+    Table 1 itself keeps its own runs (its rows carry Table 1's variants and paper numbers).
+    """
+    from experiments import sample_efficiency
+
+    spec = train_spec(scale, family, size)
+    for twin in sample_efficiency.specs(scale):
+        same_role = twin.data.fraction == 1.0 and twin.tags.get("variant") == family
+        if same_role and _untagged(twin) == _untagged(spec):
+            return twin
+    return spec
 
 
 def specs(scale: str) -> list[RunSpec]:

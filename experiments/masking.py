@@ -36,10 +36,8 @@ plus seconds of evaluation.
 
 from __future__ import annotations
 
-import dataclasses
-
 from convit.spec import RunSpec
-from experiments import main_table, sample_efficiency
+from experiments import main_table
 from experiments.common import check_scale, default_gpsa_layers, eval_spec
 
 SUITE = "masking"
@@ -47,26 +45,10 @@ TABLE5 = {"deit": (38.3, 72.2), "convit": (67.1, 73.1)}
 TABLE6 = {3: (62.3, 63.5), 5: (35.0, 53.1), 10: (1.3, 46.8)}
 
 
-def _untagged(spec: RunSpec) -> str:
-    return dataclasses.replace(spec, tags={}).to_json()
-
-
-def train_runs(scale: str) -> dict[str, RunSpec]:
-    """The Ti run evaluated for each family: sample_efficiency's f = 1 run when it is the same training run
-    as main_table's Ti (spec equal but for the tags), so that no run is trained twice, else main_table's."""
-    trains = {family: main_table.train_spec(scale, family, "tiny") for family in ("deit", "convit")}
-    twins = {s.tags["variant"]: s for s in sample_efficiency.specs(scale) if s.data.fraction == 1.0}
-    for family, spec in trains.items():
-        twin = twins.get(family)
-        if twin is not None and _untagged(twin) == _untagged(spec):
-            trains[family] = twin
-    return trains
-
-
 def specs(scale: str) -> list[RunSpec]:
     """Training runs to evaluate (non-paper scales) and the 11 evaluation entries."""
     sc = check_scale(scale)
-    trains = train_runs(scale)
+    trains = {family: main_table.shared_train_spec(scale, family, "tiny") for family in ("deit", "convit")}
     out: list[RunSpec] = [] if scale == "paper" else list(trains.values())
 
     def source(family: str) -> str:
