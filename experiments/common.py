@@ -416,16 +416,24 @@ def with_seeds(specs: Sequence[RunSpec], seeds: int) -> list[RunSpec]:
 
 
 def select(specs: Iterable[RunSpec], pattern: str | None) -> list[RunSpec]:
-    """Specs whose run name or variant matches the glob ``pattern`` (all when None)."""
+    """Specs whose run name or variant matches the glob ``pattern`` (all when None).
+
+    ``pattern`` may list several globs separated by commas: a run matching any is kept, and the runs come in
+    the order of the globs (each glob's in suite order), so ``--only 'convit-s0-*,*'`` trains that run first
+    and then the rest: a long suite can put the runs its headline claims need at the front of the queue.
+    """
     specs = list(specs)
     if not pattern:
         return specs
-    return [
-        s
-        for s in specs
-        if fnmatch.fnmatchcase(run_name(s), pattern)
-        or fnmatch.fnmatchcase(str(s.tags.get("variant")), pattern)
-    ]
+    out: dict[str, RunSpec] = {}
+    for glob in (g.strip() for g in pattern.split(",")):
+        for s in specs:
+            name = run_name(s)
+            if name not in out and (
+                fnmatch.fnmatchcase(name, glob) or fnmatch.fnmatchcase(str(s.tags.get("variant")), glob)
+            ):
+                out[name] = s
+    return list(out.values())
 
 
 # -------------------------------------------------------------------------------------------- cost model

@@ -106,7 +106,11 @@ def _launch_parser() -> argparse.ArgumentParser:
         help="folder with the checkpoint files that eval-only entries name (released weights, a "
         "distillation teacher); default $CONVIT_CHECKPOINTS",
     )
-    p.add_argument("--only", metavar="GLOB", help="keep runs whose name or variant matches GLOB ('table3-*')")
+    p.add_argument(
+        "--only",
+        metavar="GLOB[,GLOB...]",
+        help="keep runs whose name or variant matches a GLOB ('table3-*'); several: run in the globs' order",
+    )
     p.add_argument("--max-runs", type=int, metavar="N", help="launch at most N runs (after --only)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="replicate every run over seeds 0..N-1")
     p.add_argument(

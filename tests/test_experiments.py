@@ -155,6 +155,18 @@ def test_shared_runs_have_identical_specs() -> None:
         assert shared == {"sample_efficiency"} if scale in ("cpu", "smoke") else "main_table" in shared, scale
 
 
+def test_only_with_several_globs_keeps_their_order() -> None:
+    """``--only 'a,b,*'``: the runs a long queue needs first come first, the rest after, none twice."""
+    from experiments.common import run_name, select
+
+    specs = load_suite("sample_efficiency").specs("cpu")
+    names = [run_name(s) for s in select(specs, "convit-s0-*, *-f0.05-*,*")]
+    assert names[0].startswith("convit-s0-") and len(names) == len(set(names)) == len(specs) == 10
+    assert [n.split("-")[1] for n in names[1:3]] == ["f0.05", "f0.05"]
+    assert names[3:] == [run_name(s) for s in specs if run_name(s) not in names[:3]]  # the rest, suite order
+    assert select(specs, "deit-f0.1-*") == [s for s in specs if run_name(s).startswith("deit-f0.1-")]
+
+
 def test_changed_spec_changes_the_name() -> None:
     import dataclasses
 
