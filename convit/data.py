@@ -49,20 +49,19 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from convit.datasets import (  # the registry and layout below this module and convit.prepare, re-exported
-    _DATASETS,
     ENV_ARCHIVES,
     ENV_DATA_ROOT,
     IMG_EXTENSIONS,
     MARKER,  # noqa: F401  (re-exported: convit.data.MARKER)
     DataError,
     DatasetInfo,
-    _find_classes,
-    _is_image,
-    _scan_class,
     dataset_info,
     dataset_names,
+    find_classes,
+    is_image,
     is_prepared,
     resolve_data_root,
+    scan_class,
 )
 from convit.prepare import prepare
 from convit.spec import DataSpec, RecipeSpec
@@ -145,7 +144,7 @@ def subsample(
         files = files_by_class[cls]
         n_c = entry_counts[cls] if entry_counts is not None else len(files)
         quota = int(n_c * fraction)  # the original's int(len(os.listdir()) * sampling_ratio)
-        images = [f for f in sorted(files, key=_walk_key) if _is_image(f)]
+        images = [f for f in sorted(files, key=_walk_key) if is_image(f)]
         kept[cls] = images[:quota]
     return kept
 
@@ -158,14 +157,14 @@ def list_images(
 ) -> tuple[list[str], list[tuple[str, int]]]:
     """Scan an ImageFolder split once and apply :func:`subsample`: returns (classes, [(path, target)])."""
     split_dir = Path(split_dir)
-    all_classes = list(classes) if classes is not None else _find_classes(split_dir)
+    all_classes = list(classes) if classes is not None else find_classes(split_dir)
     chosen = sorted(all_classes)[:num_classes] if num_classes is not None else sorted(all_classes)
     files: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     for cls in chosen:
         if not (split_dir / cls).is_dir():
             raise DataError(f"class folder {split_dir / cls} is missing")
-        files[cls], counts[cls] = _scan_class(split_dir / cls)
+        files[cls], counts[cls] = scan_class(split_dir / cls)
     kept = subsample(files, fraction, None, counts)
     samples = [(str(split_dir / cls / f), idx) for idx, cls in enumerate(chosen) for f in kept[cls]]
     return chosen, samples
@@ -354,8 +353,8 @@ def build_datasets(
     if not is_prepared(info.name, root):
         state = "is incomplete" if base.exists() else "is not prepared"
         raise DataError(f"dataset {info.name} {state} under {root}; run: {_prepare_command(info.name, root)}")
-    classes = _find_classes(base / "train")
-    if classes != _find_classes(base / "val"):
+    classes = find_classes(base / "train")
+    if classes != find_classes(base / "val"):
         raise DataError(
             f"class folders of {base / 'train'} and {base / 'val'} differ; re-run prepare --force"
         )
@@ -446,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m convit.data", description="Prepare datasets and benchmark the loader.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     pp = sub.add_parser("prepare", help="put a dataset in place under the data root")
-    pp.add_argument("name", help=f"one of: {', '.join(_DATASETS)}")
+    pp.add_argument("name", help=f"one of: {', '.join(dataset_names())}")
     pp.add_argument("--root", help=f"data root (default ${ENV_DATA_ROOT})")
     pp.add_argument("--archives", help=f"offline archive folder (default ${ENV_ARCHIVES}; none: download)")
     pp.add_argument("--from", dest="source", help="an existing ImageFolder root with train/ and val/ to link")
@@ -486,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench(args.name, args.root, args.img_size, args.batch, args.workers, args.seconds, args.batches)
         else:
             root = resolve_data_root(args.root)
-            for n in _DATASETS:
+            for n in dataset_names():
                 print(f"{n:24s} {'prepared' if is_prepared(n, root) else '-'}")
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

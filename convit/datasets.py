@@ -21,8 +21,11 @@ __all__ = [
     "DatasetInfo",
     "dataset_info",
     "dataset_names",
+    "find_classes",
+    "is_image",
     "is_prepared",
     "resolve_data_root",
+    "scan_class",
 ]
 
 ENV_DATA_ROOT = "CONVIT_DATA_ROOT"
@@ -116,11 +119,12 @@ def is_prepared(name: str, root: str | Path) -> bool:
 # ----------------------------------------------------------------------------------------------------
 # The on-disk ImageFolder layout
 # ----------------------------------------------------------------------------------------------------
-def _is_image(path: str) -> bool:
+def is_image(path: str) -> bool:
+    """Whether ``path`` has one of :data:`IMG_EXTENSIONS` (any case), as the original code decides."""
     return path.lower().endswith(IMG_EXTENSIONS)
 
 
-def _scan_class(class_dir: Path) -> tuple[list[str], int]:
+def scan_class(class_dir: Path) -> tuple[list[str], int]:
     """All files under ``class_dir`` (relative paths) and its entry count, in one pass over the folder."""
     files: list[str] = []
     entries = 0
@@ -134,7 +138,8 @@ def _scan_class(class_dir: Path) -> tuple[list[str], int]:
     return files, entries
 
 
-def _find_classes(split_dir: Path) -> list[str]:
+def find_classes(split_dir: Path) -> list[str]:
+    """The sorted class folders of an ImageFolder split; a missing or empty split is a :class:`DataError`."""
     if not split_dir.is_dir():
         raise DataError(f"missing split folder {split_dir}")
     classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir(follow_symlinks=True))

@@ -33,11 +33,11 @@ from convit.datasets import (
     MARKER,
     DataError,
     DatasetInfo,
-    _find_classes,
-    _is_image,
-    _scan_class,
     dataset_info,
+    find_classes,
+    is_image,
     is_prepared,
+    scan_class,
 )
 
 __all__ = ["prepare"]
@@ -103,8 +103,8 @@ def _say(msg: str) -> None:
 
 def _count_split(split_dir: Path) -> tuple[int, int]:
     """(classes, images) of an assembled split."""
-    classes = _find_classes(split_dir)
-    images = sum(sum(1 for f in _scan_class(split_dir / c)[0] if _is_image(f)) for c in classes)
+    classes = find_classes(split_dir)
+    images = sum(sum(1 for f in scan_class(split_dir / c)[0] if is_image(f)) for c in classes)
     return len(classes), images
 
 
@@ -231,7 +231,7 @@ def _link_from(info: DatasetInfo, source: Path, final: Path) -> Path:
             f"{source} is not an ImageFolder root for {info.name}: "
             f"missing {', '.join(f'{m}/' for m in missing)}"
         )
-    n_cls = len(_find_classes(source / "train"))
+    n_cls = len(find_classes(source / "train"))
     if n_cls != info.num_classes:
         _say(f"warning: {source}/train has {n_cls} class folders, {info.name} has {info.num_classes}")
     final.symlink_to(source, target_is_directory=True)
