@@ -17,7 +17,11 @@ curve (f = 0.05, 4x the old budget, 29% top-1 at epoch 50 of 160, loss 2.21) alr
 
 ``--collect results/cpu_budget/curves.csv`` writes the curves so far (committed as evidence while they run).
 
-Cost: ~5e5 training images per run (10 epochs at f = 1), ~1 h for the pair on 2 cores.
+Outcome (2026-12-01): "none" (60.6% at epoch 5, 66.6% at epoch 8) passes, "light" ends at 55.4%: the scale
+uses "none" (``experiments/common.py`` has the curves).
+
+Cost: ~5e5 training images per run (10 epochs at f = 1); measured ~1.7 h for the pair side by side on 2 cores
+when nothing else runs (they took ~4 h beside other work: 14609 s of wall time for "light").
 """
 
 from __future__ import annotations
