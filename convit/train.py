@@ -67,7 +67,6 @@ from convit.recipe import (
 )
 from convit.recipe import set_lr as _set_lr
 from convit.rundir import Printer as _Printer
-from convit.rundir import env_info as _env_info  # noqa: F401  (experiments/evaluate.py imports it from here)
 from convit.sampling import Plan as _Plan
 from convit.spec import RunSpec, SpecError
 from convit.train_errors import NonFiniteLoss, Preempted, RunInUse, SpecMismatch, TrainError

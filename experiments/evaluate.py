@@ -40,7 +40,7 @@ def evaluate(
     """
     from convit import checkpoint as ckpt
     from convit import cudaconf, data, distributed, evaluation, models
-    from convit.train import _env_info
+    from convit.rundir import env_info
 
     workdir = Path(workdir)
     result_path = workdir / "result.json"
@@ -93,7 +93,7 @@ def evaluate(
                 "checkpoint": str(checkpoint),
             }
             if ctx.is_main:
-                env = _env_info(ctx)
+                env = env_info(ctx)
                 env["numerics"] = {**numerics.record(), "amp": amp.record()}
                 ckpt.write_json_atomic(workdir / "env.json", env)
                 ckpt.write_json_atomic(result_path, result)
