@@ -52,6 +52,7 @@ RUN_FILES = {
     "progress.json",
     "result.json",
     "spec.json",
+    "tensorboard",
 }
 #: result.json keys that must not depend on interruptions (wall_time_s does).
 RESULT_KEYS = ("top1", "top5", "loss", "epochs", "world_size", "params")
@@ -264,6 +265,7 @@ def test_two_nodes_train_like_one_process(uninterrupted: dict) -> None:
     task1 = _task_logs(uninterrupted["two"], job_id, 1)
     assert "hostname=cvnode2, local_rank=0(1), node=1(2), global_rank=1(2)" in task1, task1[-2000:]
     assert {p.name for p in two.iterdir()} == RUN_FILES  # rank 0 wrote it all; nothing from rank 1
+    assert len(list((two / "tensorboard").iterdir())) == 1  # one event file: rank 0's
 
     # same global batch (4 = 2 ranks x 2 vs 1 x 4): the same optimiser steps, to float32 summation order
     m2, m1 = _metrics(two), _metrics(one)
