@@ -52,7 +52,7 @@ Why these sizes (shared by all suites; each module adds its own notes):
   (``experiments/cpu_budget.py`` trains DeiT-Ti at f = 1 with "none" and with "light" = RandAugment and
   erasing kept). **Applied (2026-12-01): "none".** "light" ended at 55.4% top-1 after its 10 epochs
   (28.9, 35.5, 41.4, 45.7, 49.4, 52.1, 53.1, 54.2, 54.9, 55.4; training loss 1.72), below the gate; "none"
-  passed it at epoch 5 (39.4, 48.8, 52.6, 55.1, 60.6, 62.2, 64.4, 66.6% to epoch 8; loss 1.27),
+  passed it at epoch 5 (39.4, 48.8, 52.6, 55.1, 60.6, 62.2, 64.4, 66.6, 67.3, 67.7% at epoch 10; loss 1.22),
   ``results/cpu_budget/curves.csv``. That "none" run is the suite's DeiT f = 1 seed-0 run.
 * **Budget and cost, measured.** "none" reaches 60% at ~2.5e5 images (mid-schedule), so a 5-epoch budget
   would likely pass the accuracy gate at half the cost; it is not used because the gate also asks for
