@@ -2,9 +2,8 @@
 
 Why a module: every figure must put the paper and our runs side by side, name the families, colour them and
 label the axes the same way in every panel, say the scale and the seeds behind each point, and still draw
-something sensible when a suite has no results. Doing that once here keeps the notebooks to load -> show,
-lets ``python -m analysis.report`` draw the very figures it embeds from the results it judges, and lets the
-tests inspect the figure objects the notebooks save.
+something sensible when a suite has no results. Doing that once here keeps each figure function (the
+``analysis/plots_<artefact>.py`` modules) to its data and layout, and keeps the notebooks to load -> show.
 
 One vocabulary for every figure:
 
@@ -203,6 +202,39 @@ def integer_ticks(ax: plt.Axes, axis: str = "x") -> None:
     if hi - lo < 1:  # one value only (one epoch): whole numbers around it, not 0.95 ... 1.05
         mid = round((lo + hi) / 2)
         (ax.set_xlim if axis == "x" else ax.set_ylim)(mid - 1, mid + 1)
+
+
+def curves_panel(
+    ax: plt.Axes,
+    data: pd.DataFrame,
+    hue: str,
+    *,
+    hue_order: list,
+    palette: dict,
+    errorbar: str | None = "sd",
+    markersize: float | None = None,
+    ylabel: str = VAL_TOP1_LABEL,
+) -> None:
+    """One panel of learning curves (validation top-1 over epochs), one line per ``hue`` value, drawn as every
+    learning-curve panel is: markers, family markers, whole-number epochs, labelled axes (no legend: each
+    figure places its own)."""
+    sizes = {} if markersize is None else {"markersize": markersize}
+    sns.lineplot(
+        data=data,
+        x="epoch",
+        y="val_top1",
+        hue=hue,
+        hue_order=hue_order,
+        palette=palette,
+        errorbar=errorbar,
+        marker="o",
+        ax=ax,
+        **sizes,
+    )
+    family_markers(ax)
+    integer_ticks(ax)
+    ax.set_xlabel(EPOCH_LABEL)
+    ax.set_ylabel(ylabel)
 
 
 # --- titles: the scale and the seeds ---------------------------------------------------------------------

@@ -4,19 +4,9 @@ shows which suite.
 The vocabulary lives in :mod:`analysis.plotkit`, the figures in ``analysis/plots_<artefact>.py``; this module
 re-exports both, so a notebook needs ``from analysis import plots`` only.
 
-Why a module: every figure must put the paper and our runs side by side, name the families, colour them and
-label the axes the same way in every panel, say the scale and the seeds behind each point, and still draw
-something sensible when a suite has no results. Doing that once here keeps the notebooks to load -> show,
-lets ``python -m analysis.report`` draw the very figures it embeds from the results it judges, and lets the
-tests inspect the figure objects the notebooks save.
-
-One vocabulary for every figure:
-
-* families: :data:`FAMILY_ORDER`, :data:`FAMILY_NAME` (display names), :data:`FAMILY_COLOR` (their colours);
-  :func:`family_label` maps any spelling of the data (``convit``, ``ConViT-S``, ``deit``) to the display name,
-  and :data:`PALETTE` / :data:`HUE_ORDER` are what seaborn's ``palette`` / ``hue_order`` take;
-* axis labels: the ``*_LABEL`` constants (each with its unit);
-* titles: :func:`scale_title` (the scale, the data and the seeds per point, counted from the runs drawn).
+Why one place for all of them: ``python -m analysis.report`` draws the very figures it embeds (``draw``,
+``draw_all``, :data:`FIGURES_OF`) from the results it judges, the notebooks show the same ones, and the tests
+inspect the figure objects. Why the vocabulary matters, and what it holds: :mod:`analysis.plotkit`.
 """
 
 from __future__ import annotations
@@ -52,6 +42,7 @@ from analysis.plotkit import (  # noqa: F401 - re-exported: notebooks use plots.
     TOP1_LABEL,
     VAL_TOP1_LABEL,
     NoData,
+    curves_panel,
     family_curves,
     family_label,
     family_markers,

@@ -21,7 +21,7 @@ from analysis.plotkit import (
     PALETTE,
     SIGMA_LABEL,
     TOP1_LABEL,
-    VAL_TOP1_LABEL,
+    curves_panel,
     family_label,
     hue_order,
     integer_ticks,
@@ -80,20 +80,7 @@ def fig12_left_gpsa_layers_curves(res: load.SuiteResults) -> plt.Figure:
         c = require(c, "sweep curves")
         layers = sorted(c["gpsa"].unique())
         colors = sns.color_palette("crest", max(len(layers), 2))
-        sns.lineplot(
-            data=c,
-            x="epoch",
-            y="val_top1",
-            hue="gpsa",
-            hue_order=layers,
-            palette=dict(zip(layers, colors, strict=False)),
-            errorbar="sd",
-            marker="o",
-            ax=ax,
-        )
-        integer_ticks(ax)
-        ax.set_xlabel(EPOCH_LABEL)
-        ax.set_ylabel(VAL_TOP1_LABEL)
+        curves_panel(ax, c, "gpsa", hue_order=layers, palette=dict(zip(layers, colors, strict=False)))
         legend_outside(ax, "GPSA layers (α = 1)")
         return c
 

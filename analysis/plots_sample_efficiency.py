@@ -16,7 +16,6 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from analysis import load
 from analysis.plotkit import (
-    EPOCH_LABEL,
     FAMILY_COLOR,
     FRACTION_LABEL,
     GAIN_BARS_LABEL,
@@ -25,6 +24,7 @@ from analysis.plotkit import (
     PALETTE,
     TOP1_LABEL,
     VAL_TOP1_LABEL,
+    curves_panel,
     family_curves,
     family_label,
     family_markers,
@@ -32,7 +32,6 @@ from analysis.plotkit import (
     fraction_palette,
     fraction_text,
     hue_order,
-    integer_ticks,
     legend_below,
     legend_outside,
     ours_panel,
@@ -121,22 +120,7 @@ def fig11c_sample_efficiency_curves(res: load.SuiteResults) -> plt.Figure:
         ours_panel(panels[0], lambda a: require(curves, "learning curves"), res)
     for f, ax in zip(fractions, panels, strict=False):
         c = curves[curves["fraction"] == f]
-        sns.lineplot(
-            data=c,
-            x="epoch",
-            y="val_top1",
-            hue="family",
-            hue_order=hue_order(c["family"]),
-            palette=PALETTE,
-            errorbar="sd",
-            marker="o",
-            markersize=4,
-            ax=ax,
-        )
-        family_markers(ax)
-        integer_ticks(ax)
-        ax.set_xlabel(EPOCH_LABEL)
-        ax.set_ylabel(VAL_TOP1_LABEL)
+        curves_panel(ax, c, "family", hue_order=hue_order(c["family"]), palette=PALETTE, markersize=4)
         ax.legend(title=None, loc="lower right", framealpha=0.9)
         ax.set_title(f"ours, f={f:g}: {scale_title(res, c)}", fontsize=10)
     for ax in panels[max(len(fractions), 1) :]:
@@ -240,22 +224,16 @@ def fig12_right_ablation_curves(res: load.SuiteResults) -> plt.Figure:
             d = require(c if f is None else c[c["fraction"] == f], "ablation learning curves")
             d = d.assign(row_label=d["row"].map(lambda r: f"{r}: {labels.get(r, r)}"))
             order = sorted(d["row_label"].unique())
-            sns.lineplot(
-                data=d,
-                x="epoch",
-                y="val_top1",
-                hue="row_label",
+            curves_panel(  # row a is the ConViT, row e the DeiT: family markers
+                ax,
+                d,
+                "row_label",
                 hue_order=order,
                 palette={k: pal[k.split(":")[0]] for k in order},
                 errorbar=None,
-                marker="o",
                 markersize=3,
-                ax=ax,
+                ylabel=VAL_TOP1_LABEL + " (seed mean)",
             )
-            family_markers(ax)  # row a is the ConViT, row e the DeiT
-            integer_ticks(ax)
-            ax.set_xlabel(EPOCH_LABEL)
-            ax.set_ylabel(VAL_TOP1_LABEL + " (seed mean)")
             legend_outside(ax, "Table 3 row", fontsize=8)
             return d
 

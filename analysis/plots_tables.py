@@ -13,14 +13,13 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
 from analysis import load
 from analysis.plotkit import (
-    EPOCH_LABEL,
     HUE_ORDER,
     MASK_COLOR,
     MASKED_LABEL,
     PALETTE,
     PARAMS_LABEL,
     TOP1_LABEL,
-    VAL_TOP1_LABEL,
+    curves_panel,
     family_curves,
     family_label,
     family_markers,
@@ -153,21 +152,7 @@ def fig9_psa_vs_deit(res: load.SuiteResults) -> plt.Figure:
 
     def draw_ours(ax: plt.Axes) -> pd.DataFrame:
         c = require(family_curves(res, ("psa", "deit", "convit")), "learning curves")
-        sns.lineplot(
-            data=c,
-            x="epoch",
-            y="val_top1",
-            hue="family",
-            hue_order=hue_order(c["family"]),
-            palette=PALETTE,
-            marker="o",
-            errorbar="sd",
-            ax=ax,
-        )
-        family_markers(ax)
-        integer_ticks(ax)
-        ax.set_xlabel(EPOCH_LABEL)
-        ax.set_ylabel(VAL_TOP1_LABEL)
+        curves_panel(ax, c, "family", hue_order=hue_order(c["family"]), palette=PALETTE)
         legend_outside(ax)
         return c
 
@@ -189,21 +174,7 @@ def fig11a_cifar100(res: load.SuiteResults) -> plt.Figure:
         c = c.assign(label=c["family"] + " " + c["model"].astype(str))
         order = sorted(c["label"].unique(), key=lambda s: (HUE_ORDER.index(family_label(s)), s))
         pal = {lab: PALETTE[family_label(lab)] for lab in order}
-        sns.lineplot(
-            data=c,
-            x="epoch",
-            y="val_top1",
-            hue="label",
-            hue_order=order,
-            palette=pal,
-            marker="o",
-            errorbar="sd",
-            ax=ax,
-        )
-        family_markers(ax)
-        integer_ticks(ax)
-        ax.set_xlabel(EPOCH_LABEL)
-        ax.set_ylabel(VAL_TOP1_LABEL)
+        curves_panel(ax, c, "label", hue_order=order, palette=pal)
         legend_outside(ax)
         return c
 

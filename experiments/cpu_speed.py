@@ -148,7 +148,7 @@ def _tensorboard_cost(args: argparse.Namespace) -> int:
     for _ in range(args.iters):
         step()
     step_s = (time.perf_counter() - t0) / args.iters
-    depth, gpsa, heads = spec.model.kwargs["depth"], 4, 4
+    depth, gpsa, heads = spec.model.kwargs["depth"], len(step.eager.local_layers()), step.eager.num_heads
     entry = {
         "epoch": 1, "step": 781, "train_loss": 2.0, "lr": 1e-3, "val_top1": 40.0, "val_top5": 80.0,
         "val_loss": 1.5, "images_per_s": 80.0, "data_wait_s": 1.0, "train_time_s": 600.0,
