@@ -6,7 +6,11 @@ Why one module: notebooks and the report must agree on which runs they look at. 
   smoke``, unless a scale is asked for explicitly),
 * what the columns mean and that they are all there (a collector change that drops a column fails here,
   loudly, instead of silently producing an empty plot),
-* how a run is classified as "ConViT" or "DeiT" across suites whose ``variant`` strings differ.
+* how a run is classified as "ConViT" or "DeiT" across suites whose ``variant`` strings differ,
+* which committed runs still belong to the suite: a run's name ends with its spec's digest, so a row whose
+  digest the suite's *current* specs at that scale do not produce was made by an earlier definition of the
+  scale (or with ``--set`` overrides) and is set aside, never judged as if it were today's experiment
+  (:func:`current_run_names`).
 
 The file layout is the collector's (ARCHITECTURE.md, "Results"): ``results/SUITE/SCALE.csv`` (one row per
 run), ``SCALE_curves.csv`` (one row per run and epoch) and ``SCALE_locality.csv`` (one row per run, epoch,
@@ -15,7 +19,9 @@ layer, head). Everything here is read-only.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,7 @@ __all__ = [
     "ResultsSchemaError",
     "SuiteResults",
     "available_scales",
+    "current_run_names",
     "default_results_dir",
     "family",
     "load_locality_source",
@@ -119,20 +126,55 @@ def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
-def available_scales(suite: str, results_dir: str | Path | None = None) -> list[str]:
-    """Scales of ``suite`` that have at least one run, best first (order of :data:`SCALES`)."""
+def available_scales(
+    suite: str, results_dir: str | Path | None = None, *, include_stale: bool = False
+) -> list[str]:
+    """Scales of ``suite`` that have at least one run of its current specs (any run with ``include_stale``),
+    best first (order of :data:`SCALES`)."""
     base = _dir(results_dir) / suite
     out = []
     for scale in SCALES:
         path = base / f"{scale}.csv"
         if path.is_file():
             try:
-                n = len(pd.read_csv(path))
+                runs = pd.read_csv(path)
             except pd.errors.EmptyDataError:
-                n = 0
-            if n:
+                continue
+            if len(runs) and (include_stale or not _stale_mask(runs, suite, scale).all()):
                 out.append(scale)
     return out
+
+
+#: A collected run name ends with ``-<8 hex digits>``, the digest of its full spec (``common.run_name``).
+_DIGEST = re.compile(r"-[0-9a-f]{8}$")
+
+
+@functools.cache
+def current_run_names(suite: str, scale: str, seeds: int) -> frozenset[str] | None:
+    """The run names ``suite``'s specs give today at ``scale`` for seeds ``0..seeds-1``; None when the specs
+    cannot be built in this checkout (an unknown scale), so nothing is set aside that cannot be checked."""
+    from experiments import load_suite as _suite_module
+    from experiments.common import run_name, with_seeds
+
+    try:
+        specs = _suite_module(suite).specs(scale)
+    except ValueError:  # SuiteError / ScaleError: a results folder this checkout does not define
+        return None
+    return frozenset(run_name(s) for s in with_seeds(specs, max(seeds, 1)))
+
+
+def _stale_mask(runs: pd.DataFrame, suite: str, scale: str) -> pd.Series:
+    """True for rows whose name carries a spec digest the suite's current specs do not give.
+
+    Names without a digest (hand-made fixtures, pre-digest collections) cannot be checked and are kept.
+    """
+    names = runs["run"].astype(str)
+    seeds = pd.to_numeric(runs.get("seed"), errors="coerce")
+    n_seeds = int(seeds.max()) + 1 if seeds is not None and seeds.notna().any() else 1
+    current = current_run_names(suite, scale, n_seeds)
+    if current is None:
+        return pd.Series(False, index=runs.index)
+    return names.str.contains(_DIGEST) & ~names.isin(current)
 
 
 @dataclass
@@ -149,6 +191,8 @@ class SuiteResults:
     curves: pd.DataFrame
     locality: pd.DataFrame
     scales_available: list[str] = field(default_factory=list)
+    #: scale -> names of committed runs set aside there because today's specs do not produce them
+    stale: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -180,11 +224,15 @@ def load_suite(
     results_dir: str | Path | None = None,
     *,
     include_incomplete: bool = False,
+    include_stale: bool = False,
 ) -> SuiteResults:
     """Load ``suite`` at ``scale``, or at the best available scale when ``scale`` is None.
 
     Runs the collector marked ``incomplete`` (and their curves and probes) are left out unless
-    ``include_incomplete``: every figure and verdict is about finished runs.
+    ``include_incomplete``: every figure and verdict is about finished runs. Runs the suite's current specs
+    do not produce (see the module docstring) are left out unless ``include_stale``, and listed per scale in
+    :attr:`SuiteResults.stale`, so that a scale redefined since its results were committed shows as not yet
+    run instead of lending its old numbers to the new definition.
 
     Runs get an added ``family`` column (see :func:`family`); curves and locality frames are restricted to
     the loaded runs and get ``model``, ``variant``, ``family`` (and the tag columns) merged in, so plots can
@@ -194,9 +242,10 @@ def load_suite(
         raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
     if scale is not None and scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-    available = available_scales(suite, results_dir)
+    available = available_scales(suite, results_dir, include_stale=include_stale)
     chosen = scale if scale is not None else (available[0] if available else None)
     base = _dir(results_dir) / suite
+    stale = {} if include_stale else _stale_runs(suite, base)
     if chosen is None or chosen not in available:
         return SuiteResults(
             suite,
@@ -205,8 +254,11 @@ def load_suite(
             _empty(CURVE_COLUMNS),
             _empty(LOCALITY_COLUMNS),
             available,
+            stale,
         )
     runs = _read(base / f"{chosen}.csv", RUN_COLUMNS)
+    if not include_stale:
+        runs = runs[~_stale_mask(runs, suite, chosen)].reset_index(drop=True)
     if "status" in runs.columns and not include_incomplete:
         # A run stopped mid-training (a suite collected while it ran, a session's end) has no top-1 and
         # curves / probes that end early: mixed with finished runs it would pose as a "last epoch".
@@ -237,7 +289,25 @@ def load_suite(
             curves = merged
         else:
             locality = merged
-    return SuiteResults(suite, chosen, runs, curves, locality, available)
+    return SuiteResults(suite, chosen, runs, curves, locality, available, stale)
+
+
+def _stale_runs(suite: str, base: Path) -> dict[str, list[str]]:
+    """scale -> committed run names of ``suite`` that today's specs at that scale do not produce."""
+    out = {}
+    for scale in SCALES:
+        path = base / f"{scale}.csv"
+        if not path.is_file():
+            continue
+        try:
+            runs = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            continue
+        if "run" in runs.columns and len(runs):
+            names = runs.loc[_stale_mask(runs, suite, scale), "run"].astype(str).tolist()
+            if names:
+                out[scale] = names
+    return out
 
 
 def family(runs: pd.DataFrame) -> pd.Series:

@@ -143,8 +143,12 @@ def fig6_fig14_gate_sigma(res: load.SuiteResults) -> plt.Figure:
     sg = sigma_frame(res)
     if sg.empty:
         fig, ax = plt.subplots(figsize=(9, 3))
-        placeholder(ax, f"{res.suite}: gating probes not yet run (paper: curves only)")
-        fig.suptitle(f"Figs. 6 / 14: gating σ(λ) ({scale_title(res)})")
+        if res.empty:
+            placeholder(ax, f"{res.suite}: gating probes not yet run (paper: curves only)")
+            fig.suptitle(f"Figs. 6 / 14: gating σ(λ) ({scale_title(res)})")
+        else:  # runs exist, but none with GPSA probes yet (DeiT finished first, ConViT still training)
+            placeholder(ax, f"{res.suite}: no finished ConViT run with gating probes yet (paper: curves)")
+            fig.suptitle(f"Figs. 6 / 14: gating σ(λ); ours: {scale_title(res)}")
         return fig
     conv = sg[sg["family"] == "convit"] if (sg["family"] == "convit").any() else sg
     model = conv["model"].iloc[0]

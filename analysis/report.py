@@ -308,12 +308,19 @@ def render(
         "",
         "## Scales used",
         "",
-        "| suite | scale shown | scales available |",
-        "|---|---|---|",
+        "Committed runs whose name (which ends with the digest of the run's spec) today's specs do not give "
+        "were made by an earlier definition of their scale, or with `--set` overrides: they are set aside, "
+        "never judged as today's experiment (`analysis/load.py`).",
+        "",
+        "| suite | scale shown | scales available | runs set aside (not today's specs) |",
+        "|---|---|---|---|",
     ]
     for suite in load.SUITES:
         res = load.load_suite(suite, results_dir=results_dir)
-        lines.append(f"| {suite} | {res.scale or 'not yet run'} | {', '.join(res.scales_available) or '-'} |")
+        aside = ", ".join(f"{scale}: {len(names)}" for scale, names in res.stale.items()) or "-"
+        lines.append(
+            f"| {suite} | {res.scale or 'not yet run'} | {', '.join(res.scales_available) or '-'} | {aside} |"
+        )
     lines += ["", "## Claims", "", *_table(verdicts)]
     if figures is not None:
         lines += ["", *evidence(verdicts, figures, report_dir if report_dir is not None else load.REPO)]

@@ -81,6 +81,42 @@ def test_incomplete_runs_are_left_out_unless_asked(tmp_path: Path) -> None:
     assert "se-convit-0.1-s9" in set(everything.curves["run"])
 
 
+def test_runs_of_an_earlier_scale_definition_are_set_aside(tmp_path: Path) -> None:
+    """A committed row whose name ends with a spec digest today's specs do not give (the scale was redefined
+    after it was collected) is neither loaded nor judged; the report lists it; a scale left with only such
+    rows is not available, so the suite falls back (here to smoke) instead of showing old numbers."""
+    from analysis import report
+    from experiments import load_suite as suite_module
+    from experiments.common import run_name
+
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE / "sample_efficiency", root / "sample_efficiency")
+    path = root / "sample_efficiency" / "cpu.csv"
+    cpu = pd.read_csv(path)
+    today = run_name(suite_module("sample_efficiency").specs("cpu")[0])
+    rows = [cpu.iloc[:1].assign(run=today), cpu.iloc[1:2].assign(run="deit-s0-0badd00d")]
+    pd.concat([*rows, cpu.iloc[2:]], ignore_index=True).to_csv(path, index=False)
+
+    res = load.load_suite("sample_efficiency", results_dir=root)
+    names = set(res.runs["run"])
+    assert today in names and "deit-s0-0badd00d" not in names
+    assert len(res.runs) == len(cpu) - 1  # the fixture's digest-less names cannot be checked: kept
+    assert res.stale == {"cpu": ["deit-s0-0badd00d"]}
+    kept = load.load_suite("sample_efficiency", results_dir=root, include_stale=True)
+    assert "deit-s0-0badd00d" in set(kept.runs["run"]) and kept.stale == {}
+
+    text = report.render(report.evaluate(root), root)
+    assert "| sample_efficiency | cpu | cpu, smoke | cpu: 1 |" in text
+
+    # every cpu row from an earlier definition: cpu is not available any more
+    old = [f"r{i}-s0-0badd00{i % 10}" for i in range(len(cpu))]
+    pd.read_csv(path).assign(run=old).to_csv(path, index=False)
+    assert load.available_scales("sample_efficiency", root) == ["smoke"]
+    assert load.available_scales("sample_efficiency", root, include_stale=True) == ["cpu", "smoke"]
+    res = load.load_suite("sample_efficiency", results_dir=root)
+    assert res.scale == "smoke" and len(res.stale["cpu"]) == len(cpu)
+
+
 def test_missing_suite_is_empty_with_schema() -> None:
     res = load.load_suite("masking", results_dir=FIXTURE)
     assert res.empty and res.scale is None and res.n_seeds == 0
