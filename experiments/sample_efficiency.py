@@ -33,9 +33,10 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
 * cpu (CIFAR-10, 32 px, patch 4, ConViT-Ti vs DeiT-Ti head counts at half the per-head width, 96 wide,
   depth 6 = 4 GPSA + 2 MHSA, 10 x 1/f epochs, batch 64, ~7.8k steps and ~5e5 images per run, no
   Mixup/CutMix/RandAugment/erasing/repeated augmentation for either family; ``experiments.common`` says
-  why): ``--dry-run`` estimates 0.36 h per run; the DeiT-Ti f = 1 run measured ~80 img/s per run with two
-  side by side on a busy machine, i.e. ~1.7 h per run and up to ~9 h for the 10 with ``--parallel 2``; a
-  quiet machine is faster (to be measured on the first full pass). Run it in the background with
+  why): ``--dry-run`` estimates 0.86 h of the whole 2-core machine per run (its ``flops_per_s`` is fitted to
+  the measured throughput); measured: ~75-80 img/s per run with two side by side and nothing else running,
+  i.e. ~1.7 h per run and ~8.6 h for the 10 with ``--parallel 2`` (tests or helpers beside them cut that to
+  7-50 img/s). Expected: DeiT-Ti at f = 1 ends near 68% (seed 0: 67.73%). Run it in the background with
   ``CONVIT_RUNS`` outside the checkout: a relaunch resumes. (ConViT-Ti stands for ConViT-S: 9-head models
   cost ~2x more per image on a CPU.) The README's main job.
 * smoke: seconds per run.
