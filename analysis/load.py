@@ -131,17 +131,29 @@ def available_scales(
 ) -> list[str]:
     """Scales of ``suite`` that have at least one run of its current specs (any run with ``include_stale``),
     best first (order of :data:`SCALES`)."""
-    base = _dir(results_dir) / suite
-    out = []
+    return _available(_scan(suite, _dir(results_dir) / suite), include_stale)
+
+
+def _available(scan: dict[str, tuple[int, list[str]]], include_stale: bool) -> list[str]:
+    return [scale for scale, (n, stale) in scan.items() if include_stale or len(stale) < n]
+
+
+def _scan(suite: str, base: Path) -> dict[str, tuple[int, list[str]]]:
+    """scale -> (rows, names of the rows today's specs do not produce), for each non-empty ``SCALE.csv``,
+    best scale first: one read of each file serves both the fallback order and the set-aside list."""
+    out = {}
     for scale in SCALES:
         path = base / f"{scale}.csv"
-        if path.is_file():
-            try:
-                runs = pd.read_csv(path)
-            except pd.errors.EmptyDataError:
-                continue
-            if len(runs) and (include_stale or not _stale_mask(runs, suite, scale).all()):
-                out.append(scale)
+        if not path.is_file():
+            continue
+        try:
+            runs = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            continue
+        if len(runs):
+            has_names = "run" in runs.columns  # a file without it fails the schema check when loaded
+            stale = runs.loc[_stale_mask(runs, suite, scale), "run"].astype(str).tolist() if has_names else []
+            out[scale] = (len(runs), stale)
     return out
 
 
@@ -242,10 +254,11 @@ def load_suite(
         raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
     if scale is not None and scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-    available = available_scales(suite, results_dir, include_stale=include_stale)
-    chosen = scale if scale is not None else (available[0] if available else None)
     base = _dir(results_dir) / suite
-    stale = {} if include_stale else _stale_runs(suite, base)
+    scan = _scan(suite, base)
+    available = _available(scan, include_stale)
+    stale = {} if include_stale else {sc: names for sc, (_, names) in scan.items() if names}
+    chosen = scale if scale is not None else (available[0] if available else None)
     if chosen is None or chosen not in available:
         return SuiteResults(
             suite,
@@ -257,8 +270,8 @@ def load_suite(
             stale,
         )
     runs = _read(base / f"{chosen}.csv", RUN_COLUMNS)
-    if not include_stale:
-        runs = runs[~_stale_mask(runs, suite, chosen)].reset_index(drop=True)
+    if stale.get(chosen):
+        runs = runs[~runs["run"].astype(str).isin(stale[chosen])].reset_index(drop=True)
     if "status" in runs.columns and not include_incomplete:
         # A run stopped mid-training (a suite collected while it ran, a session's end) has no top-1 and
         # curves / probes that end early: mixed with finished runs it would pose as a "last epoch".
@@ -290,24 +303,6 @@ def load_suite(
         else:
             locality = merged
     return SuiteResults(suite, chosen, runs, curves, locality, available, stale)
-
-
-def _stale_runs(suite: str, base: Path) -> dict[str, list[str]]:
-    """scale -> committed run names of ``suite`` that today's specs at that scale do not produce."""
-    out = {}
-    for scale in SCALES:
-        path = base / f"{scale}.csv"
-        if not path.is_file():
-            continue
-        try:
-            runs = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            continue
-        if "run" in runs.columns and len(runs):
-            names = runs.loc[_stale_mask(runs, suite, scale), "run"].astype(str).tolist()
-            if names:
-                out[scale] = names
-    return out
 
 
 def family(runs: pd.DataFrame) -> pd.Series:
