@@ -1,27 +1,38 @@
-r"""Why the cpu scale has its budget and regularisation (issue 20): the baseline's learning curves.
+r"""Why the cpu scale has its budget and regularisation (issue 20): learning curves and gating probes.
 
-Command::
+Commands::
 
-    python experiments/cpu_budget.py --strength none light --fraction 1 [--seed 0]
+    python experiments/cpu_budget.py --strength none light --fraction 1 [--seed 0]   # regularisation
+    python experiments/cpu_budget.py --family convit --strength none --images 2      # gating budget
+    python experiments/cpu_budget.py --collect results/cpu_budget                     # the curves so far
 
-Trains the cpu scale's DeiT-Ti stand-in (the sample-efficiency suite's ``deit`` run) at fraction ``f``,
-once per regularisation strength of ``experiments.common.CPU_REGULARISATION``, two processes side by side,
-each in the run directory the launcher would give it: the run at the strength the scale adopts *is* the
-suite's run, so ``launch.py sample_efficiency --scale cpu`` skips (or resumes) it rather than train it anew.
+Trains the cpu scale's stand-in of a sample-efficiency run (``--family deit``: the suite's ``deit`` run,
+``convit``: its ``convit`` run) at fraction ``f``, once per regularisation strength of
+``experiments.common.CPU_REGULARISATION``, side by side, each in the run directory the launcher would give
+it: at the strength the scale adopts and ``--images 1`` the run *is* the suite's run, so ``launch.py
+sample_efficiency --scale cpu`` skips (or resumes) it rather than train it anew.
 
-Why only the baseline: the scale is chosen by the competence gate of the reproduction report (the baseline
-above a linear classifier on raw pixels, training loss well below chance), never by which family wins. The
-rule is fixed before the curves are read: **the strongest regularisation whose DeiT-Ti run at f = 1 passes
-the gate (>= 60% top-1, the issue's target) within the budget.** The full DeiT recipe is not rerun: issue 20's
-curve (f = 0.05, 4x the old budget, 29% top-1 at epoch 50 of 160, loss 2.21) already shows it stuck.
+**Regularisation.** Only the baseline: the scale is chosen by the competence gate of the reproduction report
+(the baseline above a linear classifier on raw pixels, training loss well below chance), never by which
+family wins. The rule is fixed before the curves are read: **the strongest regularisation whose DeiT-Ti run
+at f = 1 passes the gate (>= 60% top-1, the issue's target) within the budget.** The full DeiT recipe is not
+rerun: issue 20's curve (f = 0.05, 4x the old budget, 29% top-1 at epoch 50 of 160, loss 2.21) already shows
+it stuck. Outcome (2026-12-01): "none" (60.6% at epoch 5, 66.6% at epoch 8) passes, "light" ends at 55.4%:
+the scale uses "none" (``experiments/common.py`` has the curves).
 
-``--collect results/cpu_budget/curves.csv`` writes the curves so far (committed as evidence while they run).
+**Gating budget.** The gate also asks some GPSA head's sigma(lambda) to move by 0.1 (``analysis.gate``);
+at the scale's ~5e5 images ConViT-Ti's largest move is 0.041 (``results/interpretation.md``). ``--images K``
+multiplies the scale's image budget (its base epochs, and its evaluations so that every f = 1 epoch is still
+probed), the warm-up and everything else unchanged, to *measure* what budget the gates need instead of
+extrapolating from the 1x run's drift. It is a measurement of the scale, not a suite run: its run
+directory has its own spec digest and its numbers go to ``results/cpu_budget/`` only.
 
-Outcome (2026-12-01): "none" (60.6% at epoch 5, 66.6% at epoch 8) passes, "light" ends at 55.4%: the scale
-uses "none" (``experiments/common.py`` has the curves).
+``--collect DIR`` writes ``DIR/curves.csv`` (every measured run's learning curve so far) and
+``DIR/gating.csv`` (ConViT runs' sigma(lambda) per probe, layer and head), finished or not.
 
-Cost: ~5e5 training images per run (10 epochs at f = 1); measured ~1.7 h for the pair side by side on 2 cores
-when nothing else runs (they took ~4 h beside other work: 14609 s of wall time for "light").
+Cost: ~5e5 training images per 1x run (10 epochs at f = 1); measured ~1.7 h for a pair side by side on 2
+cores when nothing else runs (they took ~4 h beside other work: 14609 s of wall time for "light"); a 2x
+run ~3.5 h in one of the two slots.
 """
 
 from __future__ import annotations
@@ -40,18 +51,38 @@ from experiments import sample_efficiency  # noqa: E402
 from experiments.collect import run_dir  # noqa: E402
 from experiments.common import CPU_REGULARISATION, get_scale  # noqa: E402
 
+#: the runs this measurement consists of, (family, strength, images): what ``--collect`` looks for. The 1x
+#: "none" runs are the sample-efficiency suite's own seed-0 f = 1 runs, the references of the others.
+MEASURED: tuple[tuple[str, str, int], ...] = (
+    ("deit", "none", 1),
+    ("deit", "light", 1),
+    ("convit", "none", 1),
+    ("convit", "none", 2),
+)
 
-def budget_spec(strength: str, fraction: float, seed: int = 0) -> RunSpec:
-    """The sample-efficiency suite's DeiT run at cpu scale, with regularisation ``strength``."""
+
+def budget_spec(
+    strength: str, fraction: float, seed: int = 0, family: str = "deit", images: int = 1
+) -> RunSpec:
+    """The sample-efficiency suite's ``family`` run at cpu scale, with regularisation ``strength`` and
+    ``images`` x the scale's images per run (base epochs and evaluations both scaled, so every f = 1 epoch
+    stays probed)."""
+    if images < 1:
+        raise ValueError(f"images must be a whole multiple >= 1 of the scale's budget, got {images}")
     base = get_scale("cpu")
-    scale = dataclasses.replace(base, recipe_overrides=CPU_REGULARISATION[strength])
+    scale = dataclasses.replace(
+        base,
+        recipe_overrides=CPU_REGULARISATION[strength],
+        base_epochs=base.base_epochs * images,
+        evals=base.evals * images,
+    )
     orig = sample_efficiency.check_scale
     try:
         sample_efficiency.check_scale = lambda _name: scale  # the suite's own spec builder at this scale
         specs = sample_efficiency.specs("cpu")
     finally:
         sample_efficiency.check_scale = orig
-    (spec,) = [s for s in specs if s.tags["variant"] == "deit" and s.data.fraction == fraction]
+    (spec,) = [s for s in specs if s.tags["variant"] == family and s.data.fraction == fraction]
     return dataclasses.replace(spec, seed=seed)
 
 
@@ -64,17 +95,47 @@ def _train(spec_json: str, workdir: str) -> None:
     train.run(RunSpec.from_json(spec_json), workdir)
 
 
-CURVE_FIELDS = ("strength", "run", "epoch", "images_seen", "train_loss", "val_top1", "val_top5", "val_loss")
+CURVE_FIELDS = (
+    "family",
+    "strength",
+    "images",
+    "run",
+    "epoch",
+    "images_seen",
+    "lr",
+    "train_loss",
+    "val_top1",
+    "val_top5",
+    "val_loss",
+)
+GATING_FIELDS = ("family", "strength", "images", "run", "epoch", "images_seen", "layer", "head", "gate_sigma")
 
 
-def collect(strengths: list[str], fraction: float, seed: int, workdir: str, out: Path) -> int:
-    """The runs' learning curves so far (finished or not) as one tidy CSV; returns the number of rows."""
+def _write(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
     import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def collect(
+    workdir: str,
+    out_dir: Path,
+    fraction: float = 1.0,
+    seed: int = 0,
+    measured: tuple[tuple[str, str, int], ...] = MEASURED,
+) -> tuple[int, int]:
+    """The measured runs' learning curves (``curves.csv``) and sigma(lambda) probes (``gating.csv``, one row
+    per probed epoch, GPSA layer and head; layers counted from 1) so far, finished or not, into ``out_dir``.
+    Returns the number of rows of each."""
     import json
 
-    rows = []
-    for strength in strengths:
-        spec = budget_spec(strength, fraction, seed)
+    curves, gating = [], []
+    for family, strength, images in measured:
+        spec = budget_spec(strength, fraction, seed, family=family, images=images)
         d = run_dir(workdir, spec)
         metrics = d / "metrics.jsonl"
         if not metrics.is_file():
@@ -82,47 +143,74 @@ def collect(strengths: list[str], fraction: float, seed: int, workdir: str, out:
         for line in metrics.read_text().splitlines():
             rec = json.loads(line)
             per_epoch = rec["step"] / rec["epoch"] * spec.recipe.batch_size  # optimiser steps x batch
-            rows.append(
+            key = {
+                "family": family,
+                "strength": strength,
+                "images": images,
+                "run": d.name,
+                "epoch": rec["epoch"],
+            }
+            seen = int(rec["epoch"] * per_epoch)
+            curves.append(
                 {
-                    "strength": strength,
-                    "run": d.name,
-                    "epoch": rec["epoch"],
-                    "images_seen": int(rec["epoch"] * per_epoch),
+                    **key,
+                    "images_seen": seen,
+                    "lr": None if rec.get("lr") is None else f"{rec['lr']:.4g}",
                     "train_loss": round(rec["train_loss"], 4),
                     "val_top1": rec.get("val_top1"),
                     "val_top5": rec.get("val_top5"),
                     "val_loss": None if rec.get("val_loss") is None else round(rec["val_loss"], 4),
                 }
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return len(rows)
+            for layer, heads in enumerate(rec.get("gate_sigma") or [], start=1):
+                for head, sigma in enumerate(heads, start=1):
+                    gating.append(
+                        {
+                            **key,
+                            "images_seen": seen,
+                            "layer": layer,
+                            "head": head,
+                            "gate_sigma": round(sigma, 5),
+                        }
+                    )
+    _write(out_dir / "curves.csv", CURVE_FIELDS, curves)
+    _write(out_dir / "gating.csv", GATING_FIELDS, gating)
+    return len(curves), len(gating)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--strength", nargs="+", default=["none", "light"], choices=sorted(CPU_REGULARISATION))
+    p.add_argument("--family", default="deit", choices=["deit", "convit"])
+    p.add_argument(
+        "--images",
+        type=int,
+        default=1,
+        help="multiple of the scale's images per run (base epochs x K); default 1",
+    )
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=os.environ.get("CONVIT_RUNS", "runs"))
     p.add_argument(
         "--collect",
-        metavar="CSV",
-        help="write the runs' learning curves so far to CSV (results/cpu_budget/curves.csv); train nothing",
+        metavar="DIR",
+        help="write the measured runs' curves.csv and gating.csv so far to DIR; train nothing",
     )
     args = p.parse_args(argv)
+    if args.images < 1:
+        p.error(f"--images must be >= 1, got {args.images}")
     if args.collect:
-        n = collect(args.strength, args.fraction, args.seed, args.workdir, Path(args.collect))
-        print(f"[cpu_budget] {n} epoch row(s) -> {args.collect}")
+        n, g = collect(args.workdir, Path(args.collect), args.fraction, args.seed)
+        print(f"[cpu_budget] {n} epoch row(s) -> {args.collect}/curves.csv, {g} probe row(s) -> gating.csv")
         return 0
     procs = []
     for strength in args.strength:
-        spec = budget_spec(strength, args.fraction, args.seed)
+        spec = budget_spec(strength, args.fraction, args.seed, family=args.family, images=args.images)
         d = run_dir(args.workdir, spec)
-        print(f"[cpu_budget] {strength}: {d}", flush=True)
+        print(
+            f"[cpu_budget] {args.family} {strength} x{args.images} images ({spec.recipe.epochs} epochs): {d}",
+            flush=True,
+        )
         if (d / "result.json").is_file():
             continue
         proc = mp.get_context("spawn").Process(target=_train, args=(spec.to_json(), str(d)))

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
@@ -49,6 +51,29 @@ def test_other_strengths_differ_in_regularisation_only() -> None:
     assert budget_spec("none", 1.0).digest() != budget_spec("light", 1.0).digest()
 
 
+def _suite_run(family: str, fraction: float):
+    (spec,) = [
+        s
+        for s in sample_efficiency.specs("cpu")
+        if s.tags["variant"] == family and s.data.fraction == fraction
+    ]
+    return spec
+
+
+def test_a_gating_budget_run_is_the_suites_run_with_more_images_only() -> None:
+    suite = _suite_run("convit", 1.0)
+    assert budget_spec("none", 1.0, family="convit") == suite  # 1x: the launcher skips or resumes it
+    spec = budget_spec("none", 1.0, family="convit", images=2)
+    assert spec.recipe.epochs == 2 * suite.recipe.epochs
+    assert spec.eval_every == suite.eval_every == 1 and spec.probes.every == suite.probes.every
+    # same warm-up, lr, regularisation, model, data, seed: only the length of the schedule differs
+    same = dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, epochs=suite.recipe.epochs))
+    assert same == suite
+    assert run_dir("R", spec) != run_dir("R", suite)
+    with pytest.raises(ValueError, match="whole multiple"):
+        budget_spec("none", 1.0, family="convit", images=0)
+
+
 def test_collect_writes_the_curves_so_far(tmp_path: Path) -> None:
     spec = budget_spec("light", 1.0)
     d = run_dir(tmp_path, spec)
@@ -58,9 +83,50 @@ def test_collect_writes_the_curves_so_far(tmp_path: Path) -> None:
         {"epoch": 2, "step": 1562, "train_loss": 2.04, "val_top1": 35.5, "val_top5": 87.2, "val_loss": 1.75},
     ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    out = tmp_path / "curves.csv"
-    assert collect(["none", "light"], 1.0, 0, str(tmp_path), out) == 2  # "none" has not started: no rows
-    rows = list(csv.DictReader(out.open()))
-    assert [r["strength"] for r in rows] == ["light", "light"]
-    assert [int(r["images_seen"]) for r in rows] == [781 * 64, 1562 * 64]
-    assert float(rows[1]["val_top1"]) == 35.5
+    conv = run_dir(tmp_path, budget_spec("none", 1.0, family="convit", images=2))
+    conv.mkdir(parents=True)
+    rec = {
+        "epoch": 1,
+        "step": 781,
+        "lr": 9.8e-4,
+        "train_loss": 1.9,
+        "gate_sigma": [[0.70, 0.72], [0.75, 0.74]],
+    }
+    (conv / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+    # "none" x1 has not started: no rows for it
+    assert collect(str(tmp_path), tmp_path / "out") == (3, 4)
+    rows = list(csv.DictReader((tmp_path / "out" / "curves.csv").open()))
+    assert [(r["family"], r["strength"], r["images"]) for r in rows] == [("deit", "light", "1")] * 2 + [
+        ("convit", "none", "2")
+    ]
+    assert [int(r["images_seen"]) for r in rows] == [781 * 64, 1562 * 64, 781 * 64]
+    assert float(rows[1]["val_top1"]) == 35.5 and rows[2]["val_top1"] == ""
+    gating = list(csv.DictReader((tmp_path / "out" / "gating.csv").open()))
+    assert [(int(g["layer"]), int(g["head"]), float(g["gate_sigma"])) for g in gating] == [
+        (1, 1, 0.70),
+        (1, 2, 0.72),
+        (2, 1, 0.75),
+        (2, 2, 0.74),
+    ]
+    assert {g["run"] for g in gating} == {conv.name}
+
+
+def test_the_evidence_driver_queues_what_it_says() -> None:
+    """experiments/cpu_evidence.sh: its first launch holds the headline runs (f = 0.05 and 1, 2 seeds), the
+    lane beside the gating-budget run holds the f = 0.5 pair of seed 0 only; a glob typo would silently
+    queue nothing (or everything)."""
+    import re
+
+    from experiments.common import run_name, select, with_seeds
+
+    script = (REPO / "experiments" / "cpu_evidence.sh").read_text()
+    globs = re.findall(r"launch(?:\.py)? sample_efficiency [^\n]*--only '([^']+)'", script)
+    assert len(globs) == 2, globs
+    specs = with_seeds(sample_efficiency.specs("cpu"), 2)
+    first = select(specs, globs[0])
+    assert len(first) == 8 and {s.data.fraction for s in first} == {0.05, 1.0}
+    assert [s.seed for s in first] == [0] * 4 + [1] * 4
+    lane = select(specs, globs[1])
+    assert sorted(run_name(s).split("-")[0] for s in lane) == ["convit", "deit"]
+    assert {(s.data.fraction, s.seed) for s in lane} == {(0.5, 0)}
+    assert "cpu_budget.py --family convit --strength none --images 2 &" in script
