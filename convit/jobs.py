@@ -521,7 +521,7 @@ def visible_gpus() -> list[int]:
 def _local_slots(count: int, gpus_per_node: int) -> list[tuple[int, ...]]:
     """GPUs for ``count`` new local jobs of ``gpus_per_node`` GPUs each, none held by a running local job."""
     with _LOCAL_GPUS_LOCK:
-        _LOCAL_GPUS[:] = [(job, gpus) for job, gpus in _LOCAL_GPUS if not job.done()]
+        _LOCAL_GPUS[:] = [(job, gpus) for job, gpus in _LOCAL_GPUS if not done(job)]
         busy = {g for _, gpus in _LOCAL_GPUS for g in gpus}
     visible = visible_gpus()
     free = [g for g in visible if g not in busy]
@@ -595,7 +595,7 @@ def wait(
     last: str | None = None
     pending = list(jobs)
     while pending:
-        pending = [job for job in pending if not job.done()]
+        pending = [job for job in pending if not done(job)]
         waiting = {id(job) for job in pending}
         counts: dict[str, int] = {}
         for job in jobs:
@@ -622,6 +622,38 @@ def wait(
         except Exception as error:  # noqa: BLE001 - any job failure becomes one JobError with its log
             raise JobError(_failure_message(job, error)) from error
     return results
+
+
+#: SLURM job states that are not final but that submitit's watcher counts as final: its list of unfinished
+#: states (``SlurmInfoWatcher.is_done``, submitit 1.5: READY, PENDING, RUNNING, UNKNOWN, REQUEUED, COMPLETING,
+#: PREEMPTED) lacks these, so ``job.done()`` turns true for a job that SLURM only paused. A SUSPENDED job
+#: (``scontrol suspend``, or a partition with PreemptMode=SUSPEND) resumes where it stopped; a held requeue
+#: waits for ``scontrol release``; the others are transitions of a live job (squeue(1) "JOB STATE CODES").
+UNFINISHED_STATES = frozenset(
+    {
+        "SUSPENDED",
+        "STOPPED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "CONFIGURING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "RESV_DEL_HOLD",
+    }
+)
+
+
+def done(job: submitit.Job) -> bool:
+    """Whether ``job`` has finished: submitit's ``job.done()``, except that a job SLURM only paused
+    (:data:`UNFINISHED_STATES`) is not done until it has written its result. Taking a suspended job for a
+    finished one would report a run that is merely paused as failed and collect without it."""
+    if not job.done():
+        return False
+    if job.paths.result_pickle.exists():
+        return True
+    state = _state(job).strip()
+    return not state or state.split()[0].upper() not in UNFINISHED_STATES
 
 
 def _state(job: submitit.Job) -> str:

@@ -505,14 +505,21 @@ def _progress(pending: Sequence[tuple[RunSpec, Path]], queued: dict[str, Any] | 
     Up to 4 jobs are listed by name; more (a SLURM array) are summarised, with the least advanced one named
     and the pending ones counted by reason.
     """
+    from convit import jobs
     from convit.progress import describe
 
     waiting: dict[str, str] = {}
+    paused: dict[str, str] = {}  # SUSPENDED and the like (jobs.UNFINISHED_STATES): alive, not training
     for spec, _ in pending:
         job = (queued or {}).get(run_name(spec))
         if job is not None and job.state == "PENDING":
             waiting[run_name(spec)] = "" if job.reason in ("None", "") else job.reason
+        elif job is not None and job.state in jobs.UNFINISHED_STATES:
+            paused[run_name(spec)] = job.state
     states = [(run_name(s), *describe(d, s.recipe.epochs)) for s, d in pending if run_name(s) not in waiting]
+    for i, (name, text, frac) in enumerate(states):
+        if name in paused:
+            states[i] = (name, f"{text} ({paused[name]})" if text else paused[name], frac)
     parts = []
     if len(pending) <= 4:
         running = [f"{name} {text}" for name, text, _ in states if text]
@@ -673,7 +680,7 @@ def _wait_groups(
                 pending += list(zip(chunk, submitted, strict=True))
             still = []
             for item, job in pending:
-                if job.done():
+                if jobs.done(job):
                     try:
                         job.results() if getattr(job, "num_tasks", 1) > 1 else job.result()
                     except Exception as exc:  # noqa: BLE001 - report every failed run, go on

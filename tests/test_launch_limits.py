@@ -200,6 +200,20 @@ def test_status_line_tells_pending_from_running_with_the_reason(tmp_path: Path) 
     assert line.endswith("; 5 pending (Priority: 4, JobArrayTaskLimit: 1)")
 
 
+def test_status_line_says_a_suspended_job_is_paused(tmp_path: Path) -> None:
+    from experiments import launch as launcher
+
+    specs = load_suite("sample_efficiency").specs("smoke")[:2]
+    dirs = [tmp_path / "run0", tmp_path / "run1"]
+    names = [run_name(s) for s in specs]
+    queued = {
+        names[0]: QueuedJob("9_0", "SUSPENDED", "None", "15:00", "debug"),
+        names[1]: QueuedJob("9_1", "RUNNING", "None", "15:00", "debug"),
+    }
+    line = launcher._progress(list(zip(specs, dirs, strict=True)), queued)
+    assert line == f"{names[0]} SUSPENDED"  # the running one has not reported yet
+
+
 def test_dry_run_without_slurm_commands_still_shows_the_limits_and_says_they_are_unchecked(
     tmp_path: Path,
 ) -> None:

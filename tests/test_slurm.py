@@ -176,6 +176,42 @@ def test_scontrol_requeue_resumes_from_the_run_directory(
     assert "caught SIGTERM" in (submitted[0].stderr() or "")
 
 
+def test_a_suspended_job_is_waited_for_not_reported_failed(
+    tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile
+) -> None:
+    # submitit's watcher counts SUSPENDED as final (its list of unfinished states lacks it): job.done() turns
+    # true and job.result() raises "has not produced any output". jobs.done must keep waiting, and the job,
+    # resumed, must end as if never paused.
+    spec = smoke_spec(epochs=4, eval_every=4)
+    (job,) = jobs.submit(
+        [jobs.TrainJob(spec, tmp_path / "run", fixture_data_root)],
+        cluster="slurm",
+        folder=tmp_path / "submitit",
+        profile=profile,
+        timeout_min=5,
+        name="test-suspend",
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 150
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert time.monotonic() < deadline, "the job logged no epoch in time"
+        assert not (tmp_path / "run" / "result.json").exists(), "the run ended before it could be suspended"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "suspend", job.job_id], check=True, timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while "SUSPENDED" not in _sacct_states(job.job_id):
+            assert time.monotonic() < deadline, f"sacct never showed SUSPENDED: {_sacct_states(job.job_id)}"
+            time.sleep(1)
+        job.done(force_check=True)  # refreshes submitit's cached state, as its watcher does every few seconds
+        assert job.state == "SUSPENDED"
+        assert not jobs.done(job)
+    finally:
+        subprocess.run(["scontrol", "resume", job.job_id], check=True, timeout=30)
+    (result,) = jobs.wait([job], timeout_s=240)
+    assert result["epochs"] == 4 and result["top1"] is not None
+
+
 def test_launcher_runs_the_smoke_suite_through_slurm(tmp_path: Path, fixture_data_root: Path) -> None:
     """What a user types: ``launch.py SUITE --cluster slurm --profile ...`` -> one job array -> CSV."""
     import csv
