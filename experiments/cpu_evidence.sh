@@ -24,7 +24,8 @@ launch() { python experiments/launch.py "$@" --scale cpu --seeds 2 --parallel 2;
 
 launch sample_efficiency --only 'convit-s0-*,deit-s0-*,*-f0.05-s0-*,*t-s1-*,*-f0.05-s1-*'
 python experiments/cpu_budget.py --family convit --strength none --images 2 &
-python experiments/launch.py sample_efficiency --scale cpu --seeds 2 --parallel 1 --only '*-f0.5-s0-*'
+# one thread each: the launcher sets OMP_NUM_THREADS only for --parallel > 1, and 2 + 1 threads on 2 cores fight
+OMP_NUM_THREADS=1 python experiments/launch.py sample_efficiency --scale cpu --seeds 2 --parallel 1 --only '*-f0.5-s0-*'
 wait
 launch sample_efficiency
 launch ablations --only 'table3-*-f0.1-*'
