@@ -36,8 +36,8 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
   why): ``--dry-run`` estimates 0.86 h of the whole 2-core machine per run (its ``flops_per_s`` is fitted to
   the measured throughput); measured: ~75-80 img/s per run with two side by side and nothing else running,
   i.e. ~1.7 h per run and ~8.6 h for the 10 with ``--parallel 2`` (tests or helpers beside them cut that to
-  7-50 img/s). Measured so far: DeiT-Ti at f = 1 67.73% / 66.67% (seeds 0 / 1), ConViT-Ti 70.82%
-  (seed 0); at f = 0.05 DeiT-Ti 48.58%, ConViT-Ti 57.90% (seed 0). Run it in the background with
+  7-50 img/s). Measured so far (seeds 0 / 1): at f = 1 DeiT-Ti 67.73% / 66.67%, ConViT-Ti 70.82% /
+  71.00%; at f = 0.05 DeiT-Ti 48.58% / 48.93%, ConViT-Ti 57.90% (seed 0). Run it in the background with
   ``CONVIT_RUNS`` outside the checkout: a relaunch resumes. (ConViT-Ti stands for ConViT-S: 9-head models
   cost ~2x more per image on a CPU.) The README's main job.
 * smoke: seconds per run.

@@ -112,21 +112,24 @@ def test_collect_writes_the_curves_so_far(tmp_path: Path) -> None:
 
 
 def test_the_evidence_driver_queues_what_it_says() -> None:
-    """experiments/cpu_evidence.sh: its first launch holds the headline runs (f = 0.05 and 1, 2 seeds), the
-    lane beside the gating-budget run holds the f = 0.5 pair of seed 0 only; a glob typo would silently
-    queue nothing (or everything)."""
+    """experiments/cpu_evidence.sh: its first launch and the first single-thread lane hold the 8 headline
+    runs (f = 0.05 and 1, 2 seeds), the lanes beside the gating-budget run hold the f = 0.5 pairs; a glob typo
+    would silently queue nothing (or everything)."""
     import re
 
     from experiments.common import run_name, select, with_seeds
 
     script = (REPO / "experiments" / "cpu_evidence.sh").read_text()
-    globs = re.findall(r"launch(?:\.py)? sample_efficiency [^\n]*--only '([^']+)'", script)
-    assert len(globs) == 2, globs
+    globs = re.findall(r"(?:launch|lane) (?:sample_efficiency )?--only '([^']+)'", script)
+    assert len(globs) == 4, globs
     specs = with_seeds(sample_efficiency.specs("cpu"), 2)
-    first = select(specs, globs[0])
-    assert len(first) == 8 and {s.data.fraction for s in first} == {0.05, 1.0}
-    assert [s.seed for s in first] == [0] * 4 + [1] * 4
-    lane = select(specs, globs[1])
-    assert sorted(run_name(s).split("-")[0] for s in lane) == ["convit", "deit"]
-    assert {(s.data.fraction, s.seed) for s in lane} == {(0.5, 0)}
-    assert "cpu_budget.py --family convit --strength none --images 2 &" in script
+    # in the script's order: the pairs, the budget run's lane (seed 1), then the other lane
+    first, lane_s1, lane_f005, lane_s0 = (select(specs, g) for g in globs)
+    headline = first + lane_f005
+    assert len(first) == 7 and len(headline) == 8 and {s.data.fraction for s in headline} == {0.05, 1.0}
+    assert sorted(s.seed for s in headline) == [0] * 4 + [1] * 4
+    assert [run_name(s).split("-")[0] for s in lane_f005] == ["convit"]
+    for lane, seed in ((lane_s0, 0), (lane_s1, 1)):
+        assert sorted(run_name(s).split("-")[0] for s in lane) == ["convit", "deit"]
+        assert {(s.data.fraction, s.seed) for s in lane} == {(0.5, seed)}
+    assert "(python experiments/cpu_budget.py --family convit --strength none --images 2; lane" in script
