@@ -205,6 +205,8 @@ class SuiteResults:
     scales_available: list[str] = field(default_factory=list)
     #: scale -> names of committed runs set aside there because today's specs do not produce them
     stale: dict[str, list[str]] = field(default_factory=dict)
+    #: the results folder they were read from (figures that also read a measurement beside the suites)
+    results_dir: Path | None = None
 
     @property
     def empty(self) -> bool:
@@ -268,6 +270,7 @@ def load_suite(
             _empty(LOCALITY_COLUMNS),
             available,
             stale,
+            _dir(results_dir),
         )
     runs = _read(base / f"{chosen}.csv", RUN_COLUMNS)
     if stale.get(chosen):
@@ -302,7 +305,7 @@ def load_suite(
             curves = merged
         else:
             locality = merged
-    return SuiteResults(suite, chosen, runs, curves, locality, available, stale)
+    return SuiteResults(suite, chosen, runs, curves, locality, available, stale, _dir(results_dir))
 
 
 def family(runs: pd.DataFrame) -> pd.Series:
@@ -418,4 +421,34 @@ def load_paper(name: str, paper_dir: str | Path | None = None) -> pd.DataFrame:
     df = pd.read_csv(path)
     if "source" not in df.columns or df["source"].isna().any():
         raise ResultsSchemaError(f"{path}: every paper number needs a source")
+    return df
+
+
+#: columns of ``results/cpu_budget/gating.csv`` (written by ``experiments/cpu_budget.py --collect``)
+BUDGET_GATING_COLUMNS = (
+    "family",
+    "strength",
+    "images",
+    "run",
+    "epoch",
+    "images_seen",
+    "layer",
+    "head",
+    "gate_sigma",
+)
+
+
+def load_budget_gating(results_dir: str | Path | None = None) -> pd.DataFrame:
+    """The cpu scale's gating-budget measurement: sigma(lambda) per probe, GPSA layer and head (from 1) of
+    ConViT-Ti at f = 1 trained on 1x and Kx the scale's images (``images``), finished or not.
+
+    Why here and not a suite: it measures the scale (what budget the competence gate's sigma criterion
+    needs), it is judged by nobody; an empty frame with the columns when it has not been collected."""
+    path = _dir(results_dir) / "cpu_budget" / "gating.csv"
+    if not path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in BUDGET_GATING_COLUMNS})
+    df = pd.read_csv(path)
+    missing = set(BUDGET_GATING_COLUMNS) - set(df.columns)
+    if missing:
+        raise ResultsSchemaError(f"{path}: missing columns {sorted(missing)}")
     return df

@@ -75,6 +75,7 @@ from analysis.plots_locality import (  # noqa: F401 - re-exported
     fig8_left_locality_sweep,
     fig12_left_gpsa_layers_curves,
     gate_sigma_final,
+    gating_budget,
 )
 from analysis.plots_sample_efficiency import (  # noqa: F401 - re-exported
     fig2a_sample_efficiency,
@@ -105,6 +106,7 @@ FIGURES_OF: dict[str, tuple[str, Callable[[load.SuiteResults], plt.Figure]]] = {
     "fig5_fig13_nonlocality": ("locality", fig5_fig13_nonlocality),
     "fig6_fig14_gate_sigma": ("locality", fig6_fig14_gate_sigma),
     "gate_sigma_final": ("locality", gate_sigma_final),
+    "gating_budget": ("locality", gating_budget),
     "table6_masking": ("masking", table6_masking),
     "fig9_psa_vs_deit": ("psa", fig9_psa_vs_deit),
     "fig11a_cifar100": ("cifar100", fig11a_cifar100),

@@ -1,4 +1,5 @@
-"""Figures of locality: the Fig. 8 / 12 left sweep, nonlocality (Figs. 5, 13), sigma(lambda) (Figs. 6, 14).
+"""Figures of locality: the Fig. 8 / 12 left sweep, nonlocality (Figs. 5, 13), sigma(lambda) (Figs. 6, 14),
+and the cpu scale's gating-budget measurement (how far sigma(lambda) moves with 1x and 2x the images).
 
 Drawn with the shared vocabulary of :mod:`analysis.plotkit`; :mod:`analysis.plots` is the registry the
 notebooks and the report call.
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analysis import load
+from analysis import gate, load
 from analysis.plotkit import (
     ALPHA_LABEL,
     EPOCH_LABEL,
@@ -234,3 +235,49 @@ def gate_sigma_final(res: load.SuiteResults) -> plt.Figure:
     return paper_and_ours(
         draw_paper, draw_ours, res, "Final gating σ(λ) per head and GPSA layer (dots = heads)"
     )
+
+
+def gating_budget(res: load.SuiteResults) -> plt.Figure:
+    """Gating budget of the cpu scale: how far each GPSA head's sigma(lambda) moves from its first probe in
+    ConViT-Ti at f = 1 with the scale's images (solid) and twice them (dashed); the competence gate asks
+    some head to move by 0.1 (dotted lines). A measurement of the scale (``experiments/cpu_budget.py``), not
+    of a suite."""
+    g = load.load_budget_gating(res.results_dir)
+    g = g[g["family"] == "convit"] if not g.empty else g
+    if g.empty:
+        fig, ax = plt.subplots(figsize=(9, 3))
+        what = "not yet run" if res.empty else "not yet measured"  # "not yet run" is said of suites
+        placeholder(ax, f"gating budget {what} (experiments/cpu_budget.py --images 2)")
+        fig.suptitle("Gating budget (cpu scale); ours: " + what)
+        return fig
+    g = g.sort_values("epoch").copy()
+    g["move"] = g["gate_sigma"] - g.groupby(["images", "layer", "head"])["gate_sigma"].transform("first")
+    g["mimages"] = g["images_seen"] / 1e6
+    layers = sorted(g["layer"].unique())
+    heads = sorted(g["head"].unique())
+    budgets = sorted(g["images"].unique())
+    styles = dict(zip(budgets, ["-", "--", ":", "-."], strict=False))
+    hcolors = dict(zip(heads, sns.color_palette("colorblind", len(heads)), strict=False))
+    fig, axes = plt.subplots(1, len(layers), figsize=(3 * len(layers) + 1.5, 3.1), squeeze=False, sharey=True)
+    lim = max(gate.SIGMA_MOVE * 1.25, float(g["move"].abs().max()) * 1.1)
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        for k in budgets:
+            for h in heads:
+                d = g[(g["layer"] == layer) & (g["head"] == h) & (g["images"] == k)].sort_values("epoch")
+                ax.plot(d["mimages"], d["move"], styles[k], color=hcolors[h], lw=1.3, marker="o", ms=2.5)
+        for y in (-gate.SIGMA_MOVE, gate.SIGMA_MOVE):
+            ax.axhline(y, color="0.3", ls=":", lw=1)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_ylim(-lim, lim)
+        ax.set_title(f"GPSA layer {layer}", fontsize=10)
+        ax.set_xlabel("training images seen (millions)")
+    axes[0, 0].set_ylabel("σ(λ) − σ(λ) at first probe", fontsize=9)
+    handles = [plt.Line2D([], [], color=hcolors[h], lw=1.3, label=f"head {h}") for h in heads]
+    handles += [plt.Line2D([], [], color="0.2", ls=styles[k], label=f"{k}x images") for k in budgets]
+    handles.append(plt.Line2D([], [], color="0.3", ls=":", label=f"gate ±{gate.SIGMA_MOVE:g}"))
+    axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+    seen = {int(k): int(g[g["images"] == k]["epoch"].max()) for k in budgets}
+    done = ", ".join(f"{k}x: {e} epoch(s) probed" for k, e in seen.items())
+    fig.suptitle(f"Gating budget; ours: cpu scale, ConViT-Ti at f = 1, 1 seed per point (seed 0); {done}")
+    fig.tight_layout()
+    return fig

@@ -286,3 +286,42 @@ def test_committed_report_links_resolve() -> None:
     assert links, "REPRODUCTION.md embeds no figure"
     for link in links:
         assert (REPO / link).is_file(), link
+
+
+def test_gating_budget_draws_each_heads_move_from_its_first_probe(tmp_path: Path) -> None:
+    """The gating-budget figure plots sigma(lambda) minus the head's own first probe, per budget (1x solid,
+    2x dashed), against the images seen, with the gate's +-0.1; missing data is said, a malformed file is
+    refused."""
+    from analysis import gate, load
+
+    rows = []
+    for images, sigmas in ((1, [0.70, 0.72, 0.75]), (2, [0.71, 0.65])):
+        for epoch, sigma in enumerate(sigmas, start=1):
+            for head in (1, 2):
+                rows.append({"family": "convit", "strength": "none", "images": images, "run": f"r{images}",
+                             "epoch": epoch, "images_seen": epoch * 1000, "layer": 1, "head": head,
+                             "gate_sigma": sigma + 0.01 * head})  # fmt: skip
+    (tmp_path / "cpu_budget").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "cpu_budget" / "gating.csv", index=False)
+    res = load.load_suite("locality", results_dir=tmp_path)
+    assert res.results_dir == tmp_path
+    fig = plots.gating_budget(res)
+    ax = fig.axes[0]
+    data = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]  # the heads' (axhlines have no marker)
+    by_style = {s: [ln for ln in data if ln.get_linestyle() == s] for s in ("-", "--")}
+    assert len(by_style["-"]) == 2 and len(by_style["--"]) == 2
+    assert list(by_style["-"][0].get_ydata()) == pytest.approx([0.0, 0.02, 0.05])
+    assert list(by_style["--"][1].get_ydata()) == pytest.approx([0.0, -0.06])
+    assert list(by_style["-"][0].get_xdata()) == pytest.approx([0.001, 0.002, 0.003])  # millions of images
+    gates = sorted(ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":")
+    assert gates == pytest.approx([-gate.SIGMA_MOVE, gate.SIGMA_MOVE])
+    assert "1x: 3 epoch(s) probed, 2x: 2 epoch(s) probed" in fig._suptitle.get_text()
+    plt.close(fig)
+
+    (tmp_path / "cpu_budget" / "gating.csv").unlink()
+    fig = plots.gating_budget(res)
+    assert "not yet" in " ".join(_texts(fig))
+    plt.close(fig)
+    pd.DataFrame(rows).drop(columns="head").to_csv(tmp_path / "cpu_budget" / "gating.csv", index=False)
+    with pytest.raises(load.ResultsSchemaError, match="head"):
+        load.load_budget_gating(tmp_path)
