@@ -644,16 +644,71 @@ UNFINISHED_STATES = frozenset(
 )
 
 
+#: Final states after which SLURM requeues a job that allows it (JobRequeue=1, the default, or sbatch
+#: --requeue): a node failure. Accounting shows the failed attempt's NODE_FAIL for ~2 s (measured on
+#: slurm/multinode.sh's cluster) before the requeued attempt's PENDING; a watcher poll in that window takes
+#: the job for failed, and submitit's watcher never polls a job again once it has read a final state.
+REQUEUED_AFTER = frozenset({"NODE_FAIL"})
+
+#: states of a job still in the queue: submitit's own unfinished list (``InfoWatcher.is_done``) and ours
+_LIVE_STATES = UNFINISHED_STATES | {
+    "READY",
+    "PENDING",
+    "RUNNING",
+    "UNKNOWN",
+    "REQUEUED",
+    "COMPLETING",
+    "PREEMPTED",
+}
+
+
+def state(job: submitit.Job) -> str:
+    """The job's state: submitit's (its watcher reads sacct), except where that may be frozen wrongly.
+
+    Submitit's watcher stops polling a job once it has read a state it counts as final. For a job that was
+    only paused (:data:`UNFINISHED_STATES`) or failed on a node and was requeued (:data:`REQUEUED_AFTER`),
+    that cached state would never change again, so without a result the scheduler is asked (squeue): a
+    suspended job that is then cancelled ends, a requeued one is PENDING, then RUNNING."""
+    cached = _state(job).strip()
+    live = _live_state(job, cached)
+    return live if live else cached
+
+
+def _live_state(job: submitit.Job, cached: str) -> str | None:
+    """squeue's state of ``job`` when its cached state may be frozen wrongly: "" once it left the queue,
+    None when there is nothing to ask (not frozen, a result exists, not SLURM) or squeue cannot answer."""
+    frozen = _first_word(cached) in UNFINISHED_STATES | REQUEUED_AFTER
+    if not frozen or not isinstance(job, submitit.SlurmJob) or job.paths.result_pickle.exists():
+        return None
+    from convit import slurm_queue
+
+    try:
+        return slurm_queue.job_state(job.job_id)
+    except slurm_queue.QueueError:
+        return None
+
+
 def done(job: submitit.Job) -> bool:
     """Whether ``job`` has finished: submitit's ``job.done()``, except that a job SLURM only paused
-    (:data:`UNFINISHED_STATES`) is not done until it has written its result. Taking a suspended job for a
-    finished one would report a run that is merely paused as failed and collect without it."""
+    (:data:`UNFINISHED_STATES`) or requeued after a node failure (:data:`REQUEUED_AFTER`) is not done while
+    the scheduler still holds it (:func:`state`). Taking such a job for a finished one would report a run
+    that is merely paused, or about to resume on another node, as failed and collect without it."""
     if not job.done():
         return False
     if job.paths.result_pickle.exists():
         return True
-    state = _state(job).strip()
-    return not state or state.split()[0].upper() not in UNFINISHED_STATES
+    cached = _state(job)
+    if _first_word(cached) not in UNFINISHED_STATES | REQUEUED_AFTER:
+        return True  # a final state submitit reads right
+    live = _live_state(job, cached)
+    if live is None:  # squeue cannot answer: a pause is waited for, a node failure stands
+        return _first_word(cached) in REQUEUED_AFTER
+    return not live or _first_word(live) not in _LIVE_STATES
+
+
+def _first_word(state: str) -> str:
+    """``CANCELLED by 0`` -> ``CANCELLED``."""
+    return state.split()[0].upper() if state.strip() else ""
 
 
 def _state(job: submitit.Job) -> str:

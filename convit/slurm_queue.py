@@ -332,6 +332,24 @@ def queue() -> dict[str, QueuedJob]:
     return parse_queue(_run(["squeue", "-u", user, "-h", "-r", "-o", "%i|%T|%r|%l|%P"]))
 
 
+def job_state(job_id: str) -> str:
+    """The scheduler's own state of one job now (``squeue -j``, not accounting); "" once the job has left
+    the queue (squeue keeps a finished job for MinJobAge, 300 s by default). Raises :class:`QueueError`
+    when squeue cannot answer.
+
+    Why not sacct: after a node failure accounting shows the failed attempt's NODE_FAIL for a few seconds
+    before the requeued attempt's PENDING, and submitit's watcher freezes the first final state it reads;
+    the scheduler itself goes from RUNNING (or COMPLETING) straight to PENDING."""
+    try:
+        out = _run(["squeue", "-h", "-j", job_id, "-o", "%T"])
+    except QueueError as error:
+        if "Invalid job id" in str(error):  # purged after MinJobAge
+            return ""
+        raise
+    states = [line.strip() for line in out.splitlines() if line.strip()]
+    return states[0] if states else ""
+
+
 def cancel(job_ids: list[str]) -> None:
     """``scancel`` these jobs (array tasks by ``ARRAY_TASK`` id); a job already gone is not an error."""
     if job_ids:

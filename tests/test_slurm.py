@@ -212,6 +212,44 @@ def test_a_suspended_job_is_waited_for_not_reported_failed(
     assert result["epochs"] == 4 and result["top1"] is not None
 
 
+def test_a_suspended_job_that_is_cancelled_is_reported_not_waited_for_forever(
+    tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile
+) -> None:
+    # Once submitit's watcher has read SUSPENDED it never polls the job again (it counts the state final),
+    # so its cached state stays SUSPENDED after an scancel: jobs.done must ask the scheduler and end.
+    spec = smoke_spec(epochs=50, eval_every=50)
+    (job,) = jobs.submit(
+        [jobs.TrainJob(spec, tmp_path / "run", fixture_data_root)],
+        cluster="slurm",
+        folder=tmp_path / "submitit",
+        profile=profile,
+        timeout_min=5,
+        name="test-suspend-cancel",
+    )
+    deadline = time.monotonic() + 150
+    while "RUNNING" not in _sacct_states(job.job_id):
+        assert time.monotonic() < deadline, f"the job never ran: {_sacct_states(job.job_id)}"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "suspend", job.job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 60
+    while "SUSPENDED" not in _sacct_states(job.job_id):
+        assert time.monotonic() < deadline, f"sacct never showed SUSPENDED: {_sacct_states(job.job_id)}"
+        time.sleep(1)
+    job.done(force_check=True)
+    assert job.state == "SUSPENDED" and not jobs.done(job)
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 60
+    while not jobs.done(job):
+        assert time.monotonic() < deadline, (
+            f"still waiting on a cancelled job: squeue says {jobs.state(job)!r}"
+        )
+        time.sleep(1)
+    assert job.state == "SUSPENDED"  # submitit's cache never moved: the answer came from the scheduler
+    assert "CANCELLED" in jobs.state(job) or jobs.state(job) == "SUSPENDED"  # squeue, or purged from it
+    with pytest.raises(jobs.JobError):
+        jobs.wait([job], timeout_s=60)
+
+
 def test_launcher_runs_the_smoke_suite_through_slurm(tmp_path: Path, fixture_data_root: Path) -> None:
     """What a user types: ``launch.py SUITE --cluster slurm --profile ...`` -> one job array -> CSV."""
     import csv
@@ -235,3 +273,14 @@ def test_launcher_runs_the_smoke_suite_through_slurm(tmp_path: Path, fixture_dat
     env = [json.loads(p.read_text()) for p in runs.glob("sample_efficiency/smoke/*/env.json")]
     assert len(env) == 2 and all(e["slurm_job_id"] for e in env)
     assert env[0]["slurm_array"] is not None and env[0]["slurm_array"] == env[1]["slurm_array"]
+
+
+def test_the_queue_state_of_a_job_it_does_not_hold_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue answers "Invalid job id" for a job purged after MinJobAge (or never this cluster's): that is
+    "left the queue", not an error; a missing squeue is an error the caller handles."""
+    from convit import slurm_queue
+
+    assert slurm_queue.job_state("987654321") == ""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(slurm_queue.QueueError, match="squeue not found"):
+        slurm_queue.job_state("1")
