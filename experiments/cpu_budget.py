@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convit.spec import RunSpec  # noqa: E402
 from experiments import sample_efficiency  # noqa: E402
-from experiments.collect import run_dir  # noqa: E402
+from experiments.collect import read_csv, run_dir  # noqa: E402
 from experiments.common import CPU_REGULARISATION, get_scale  # noqa: E402
 
 #: the runs this measurement consists of, (family, strength, images): what ``--collect`` looks for. The 1x
@@ -86,10 +86,10 @@ def budget_spec(
     return dataclasses.replace(spec, seed=seed)
 
 
-def _train(spec_json: str, workdir: str) -> None:
+def _train(spec_json: str, workdir: str, threads: int) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from convit import train
 
     train.run(RunSpec.from_json(spec_json), workdir)
@@ -173,6 +173,23 @@ def collect(
                             "gate_sigma": round(sigma, 5),
                         }
                     )
+    # a run this workdir holds a shorter record of (or none) keeps the rows collected earlier, on another
+    # machine say: collecting here must not erase a measurement committed from there
+    _, old_curves = read_csv(out_dir / "curves.csv")
+    _, old_gating = read_csv(out_dir / "gating.csv")
+    merged_curves, merged_gating = [], []
+    for family, strength, images in measured:
+        name = run_dir(workdir, budget_spec(strength, fraction, seed, family=family, images=images)).name
+        here = [r for r in curves if r["run"] == name]
+        before = [r for r in old_curves if r["run"] == name]
+        if len(before) > len(here):
+            print(f"[cpu_budget] {name}: kept {len(before)} epoch(s) collected earlier ({len(here)} here)")
+            merged_curves += before
+            merged_gating += [r for r in old_gating if r["run"] == name]
+        else:
+            merged_curves += here
+            merged_gating += [r for r in gating if r["run"] == name]
+    curves, gating = merged_curves, merged_gating
     _write(out_dir / "curves.csv", CURVE_FIELDS, curves)
     _write(out_dir / "gating.csv", GATING_FIELDS, gating)
     return len(curves), len(gating)
@@ -196,6 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="write the measured runs' curves.csv and gating.csv so far to DIR; train nothing",
     )
+    p.add_argument(
+        "--results",
+        default="results/cpu_budget",
+        help="where --skip-collected looks for finished measurements (default results/cpu_budget)",
+    )
+    p.add_argument(
+        "--skip-collected",
+        action="store_true",
+        help="do not train a run whose every epoch is already in --results (measured on another machine)",
+    )
     args = p.parse_args(argv)
     if args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
@@ -204,16 +231,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cpu_budget] {n} epoch row(s) -> {args.collect}/curves.csv, {g} probe row(s) -> gating.csv")
         return 0
     procs = []
+    # the runs split the cores (two OpenMP teams on one core each; a single run takes them all)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // len(args.strength)))
+    _, committed = read_csv(Path(args.results) / "curves.csv")
     for strength in args.strength:
         spec = budget_spec(strength, args.fraction, args.seed, family=args.family, images=args.images)
         d = run_dir(args.workdir, spec)
         print(
-            f"[cpu_budget] {args.family} {strength} x{args.images} images ({spec.recipe.epochs} epochs): {d}",
+            f"[cpu_budget] {args.family} {strength} x{args.images} images ({spec.recipe.epochs} epochs, "
+            f"{threads} thread(s)): {d}",
             flush=True,
         )
         if (d / "result.json").is_file():
             continue
-        proc = mp.get_context("spawn").Process(target=_train, args=(spec.to_json(), str(d)))
+        if args.skip_collected and sum(r["run"] == d.name for r in committed) >= spec.recipe.epochs:
+            print(f"[cpu_budget] {d.name}: all its epochs are in {args.results}/curves.csv; not trained here")
+            continue
+        proc = mp.get_context("spawn").Process(target=_train, args=(spec.to_json(), str(d), threads))
         proc.start()
         procs.append(proc)
     for proc in procs:

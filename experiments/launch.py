@@ -35,7 +35,7 @@ from typing import Any, NoReturn  # noqa: E402
 
 from convit.spec import RunSpec, SpecError  # noqa: E402
 from experiments import SUITES, SuiteError, load_suite  # noqa: E402
-from experiments.collect import collect, run_dir  # noqa: E402
+from experiments.collect import collect, collected_done, run_dir  # noqa: E402
 from experiments.common import (  # noqa: E402
     SCALES,
     ScaleError,
@@ -142,6 +142,12 @@ def _launch_parser() -> argparse.ArgumentParser:
         help="preflight only (python -m convit.doctor): can this machine and profile run it? exit 1 if not",
     )
     p.add_argument("--no-collect", action="store_true", help="do not write the CSVs at the end")
+    p.add_argument(
+        "--skip-collected",
+        action="store_true",
+        help="also skip runs whose row in --results is done (trained on another machine); an evaluation "
+        "that needs one's checkpoint still trains it here",
+    )
     return p
 
 
@@ -714,6 +720,20 @@ def _wait_groups(
     return failures
 
 
+def _drop_collected(
+    specs: list[RunSpec], everything: list[RunSpec], results: str
+) -> tuple[list[RunSpec], int]:
+    """``specs`` less the runs whose row in ``results`` is done, and how many those are. Why: a suite's runs
+    may be trained on several machines (or on one that was replaced), each collecting into the same
+    committed results/; this machine need not train again what another one finished. A training run that
+    one of the remaining evaluations reads stays: its checkpoint is not in results/."""
+    done = collected_done(results, specs)
+    evals = [s for s in specs if is_eval(s) and run_name(s) not in done]
+    needed = {run_name(src) for s in evals if (src := _source_run(s, everything)) is not None}
+    kept = [s for s in specs if run_name(s) not in done or run_name(s) in needed]
+    return kept, len(specs) - len(kept)
+
+
 def _launch(args: argparse.Namespace) -> int:
     if args.cluster not in CLUSTERS:
         raise UsageError(f"unknown cluster {args.cluster!r}; choose one of {', '.join(CLUSTERS)}")
@@ -739,6 +759,14 @@ def _launch(args: argparse.Namespace) -> int:
             source = _source_run(spec, everything)
             if source is not None and source not in specs:
                 specs.insert(0, source)
+
+    if args.skip_collected:
+        specs, collected = _drop_collected(specs, everything, args.results)
+        if collected:
+            print(f"{collected} run(s) already done in {args.results}/ (--skip-collected): not trained here")
+        if not specs:
+            print(f"{args.suite} at scale {args.scale}: nothing left to run")
+            return 0
 
     profile = None
     if args.profile:

@@ -111,25 +111,86 @@ def test_collect_writes_the_curves_so_far(tmp_path: Path) -> None:
     assert {g["run"] for g in gating} == {conv.name}
 
 
+def test_collect_on_another_machine_keeps_the_longer_record(tmp_path: Path) -> None:
+    """A machine that holds a shorter record of a measured run (or none: a fresh machine) must not erase the
+    epochs collected elsewhere; once its own record is as long, it is the one written."""
+    spec = budget_spec("none", 1.0, family="convit", images=2)
+
+    def record(workdir: Path, epochs: int) -> None:
+        d = run_dir(workdir, spec)
+        d.mkdir(parents=True, exist_ok=True)
+        recs = [
+            {"epoch": e, "step": 781 * e, "train_loss": 2.0 - e / 10, "gate_sigma": [[0.7 - e / 100]]}
+            for e in range(1, epochs + 1)
+        ]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    out = tmp_path / "out"
+    record(tmp_path / "old", 3)
+    assert collect(str(tmp_path / "old"), out) == (3, 3)
+    before = (out / "curves.csv").read_text(), (out / "gating.csv").read_text()
+    (tmp_path / "fresh").mkdir()
+    assert collect(str(tmp_path / "fresh"), out) == (3, 3)
+    assert ((out / "curves.csv").read_text(), (out / "gating.csv").read_text()) == before
+    record(tmp_path / "new", 2)  # restarted here, behind
+    assert collect(str(tmp_path / "new"), out) == (3, 3)
+    record(tmp_path / "new", 4)  # past it
+    assert collect(str(tmp_path / "new"), out) == (4, 4)
+    sigma = [float(g["gate_sigma"]) for g in csv.DictReader((out / "gating.csv").open())]
+    assert sigma == [0.69, 0.68, 0.67, 0.66]
+
+
+def test_skip_collected_does_not_retrain_a_finished_measurement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a fresh machine, a measurement whose every epoch is committed is not trained again; one that
+    is committed only in part would be (here: the attempt to start it is what the test sees)."""
+    from experiments import cpu_budget
+
+    spec = budget_spec("none", 1.0, family="convit", images=2)
+    name = run_dir(tmp_path, spec).name
+    results = tmp_path / "results"
+    results.mkdir()
+    key = {"family": "convit", "strength": "none", "images": 2, "run": name}
+    rows = [{**key, "epoch": e} for e in range(1, 20)]
+    cpu_budget._write(results / "curves.csv", cpu_budget.CURVE_FIELDS, rows)
+
+    def no_training(*_args: object) -> None:
+        raise RuntimeError("would train")
+
+    monkeypatch.setattr(cpu_budget.mp, "get_context", no_training)
+    argv = ["--family", "convit", "--strength", "none", "--images", "2", "--workdir", str(tmp_path / "runs")]
+    argv += ["--results", str(results), "--skip-collected"]
+    with pytest.raises(RuntimeError, match="would train"):  # 19 of its 20 epochs: not finished
+        cpu_budget.main(argv)
+    rows.append({**rows[-1], "epoch": 20})
+    cpu_budget._write(results / "curves.csv", cpu_budget.CURVE_FIELDS, rows)
+    assert cpu_budget.main(argv) == 0
+    assert "not trained here" in capsys.readouterr().out
+
+
 def test_the_evidence_driver_queues_what_it_says() -> None:
-    """experiments/cpu_evidence.sh: its first launch and the first single-thread lane hold the 8 headline
-    runs (f = 0.05 and 1, 2 seeds), the lanes beside the gating-budget run hold the f = 0.5 pairs; a glob typo
+    """experiments/cpu_evidence.sh: its first sample-efficiency launch holds every pair of f = 0.05, 1, 0.5
+    and 0.1 (both families of one fraction and seed next to each other, so that the two slots train a pair
+    side by side), the headline fractions first; every launch skips what results/ holds, so a new machine
+    does not retrain what an earlier one committed; the gating-budget run comes first, alone. A glob typo
     would silently queue nothing (or everything)."""
     import re
 
     from experiments.common import run_name, select, with_seeds
 
     script = (REPO / "experiments" / "cpu_evidence.sh").read_text()
-    globs = re.findall(r"(?:launch|lane) (?:sample_efficiency )?--only '([^']+)'", script)
-    assert len(globs) == 4, globs
+    (globs,) = re.findall(r"launch sample_efficiency --only '([^']+)'", script)
     specs = with_seeds(sample_efficiency.specs("cpu"), 2)
-    # in the script's order: the pairs, the budget run's lane (seed 1), then the other lane
-    first, lane_s1, lane_f005, lane_s0 = (select(specs, g) for g in globs)
-    headline = first + lane_f005
-    assert len(first) == 7 and len(headline) == 8 and {s.data.fraction for s in headline} == {0.05, 1.0}
-    assert sorted(s.seed for s in headline) == [0] * 4 + [1] * 4
-    assert [run_name(s).split("-")[0] for s in lane_f005] == ["convit"]
-    for lane, seed in ((lane_s0, 0), (lane_s1, 1)):
-        assert sorted(run_name(s).split("-")[0] for s in lane) == ["convit", "deit"]
-        assert {(s.data.fraction, s.seed) for s in lane} == {(0.5, seed)}
-    assert "(python experiments/cpu_budget.py --family convit --strength none --images 2; lane" in script
+    queued = select(specs, globs)
+    pairs = [(s.data.fraction, s.seed) for s in queued]
+    assert len(queued) == 16 and len(set(pairs)) == 8
+    assert all(pairs[i] == pairs[i + 1] for i in range(0, 16, 2))
+    assert [run_name(s).split("-")[0] for s in queued] == ["deit", "convit"] * 8
+    assert {f for f, _ in pairs[:8]} == {0.05, 1.0} and {f for f, _ in pairs[8:]} == {0.5, 0.1}
+    lines = script.splitlines()
+    launches = [i for i, line in enumerate(lines) if line.startswith("launch ")]
+    assert len(launches) == 5
+    assert "--skip-collected" in next(line for line in lines if line.startswith("launch()"))
+    budget = next(i for i, line in enumerate(lines) if "cpu_budget.py --family" in line)
+    assert budget < launches[0] and "--skip-collected" in lines[budget]

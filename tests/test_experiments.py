@@ -19,7 +19,15 @@ from convit.data import dataset_info
 from convit.spec import RunSpec
 from experiments import SUITES, load_suite
 from experiments.collect import CURVE_COLUMNS, LOCALITY_COLUMNS, RUN_COLUMNS
-from experiments.common import SCALES, estimate_hours, get_scale, is_eval, run_name, train_images
+from experiments.common import (
+    SCALES,
+    estimate_hours,
+    get_scale,
+    is_eval,
+    run_name,
+    train_images,
+    with_seeds,
+)
 
 from tiny import launch
 
@@ -291,6 +299,95 @@ def test_smoke_launch_end_to_end_then_skip(tmp_path: Path, fixture_data_root: Pa
         "collect", "masking", "--scale", "smoke", "--workdir", str(runs), "--results", str(results)
     )
     assert collected.returncode == 0 and _rows(results / "masking" / "smoke.csv") == table
+
+
+def _fake_run(workdir: Path, spec: RunSpec, top1: float | None, epochs: int) -> None:
+    """A run directory as the engine leaves it: spec.json, metrics.jsonl, result.json once finished."""
+    from experiments.collect import run_dir
+
+    d = run_dir(workdir, spec)
+    d.mkdir(parents=True)
+    (d / "spec.json").write_text(spec.to_json())
+    lines = [
+        {"epoch": e, "train_loss": 2.0 - e / 10, "val_top1": 10.0 * e, "nonlocality": [[1.0]]}
+        for e in range(1, epochs + 1)
+    ]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if top1 is not None:
+        (d / "result.json").write_text(json.dumps({"top1": top1, "epochs": epochs}))
+
+
+def test_collect_keeps_what_another_machine_collected(tmp_path: Path) -> None:
+    """Collecting on a machine that holds some of a suite's runs must not erase the rows another machine
+    collected into results/: they are kept (curves and probes too) while they are still the suite's runs; a
+    row whose spec changed drops out; a run finished here replaces its row, a rerun in progress does not."""
+    import dataclasses
+
+    from experiments.collect import collect
+
+    specs = load_suite("sample_efficiency").specs("smoke")
+    a, b, c = specs[0], specs[1], dataclasses.replace(specs[0], seed=1)
+    results = tmp_path / "results"
+    _fake_run(tmp_path / "A", a, 40.0, 2)
+    _fake_run(tmp_path / "A", b, None, 1)  # still training on machine A
+    collect("sample_efficiency", "smoke", specs, tmp_path / "A", results)
+    table = results / "sample_efficiency" / "smoke.csv"
+    curves = results / "sample_efficiency" / "smoke_curves.csv"
+    locality = results / "sample_efficiency" / "smoke_locality.csv"
+    first = _rows(table)
+    assert [(r["run"], r["status"]) for r in first] == [(run_name(a), "done"), (run_name(b), "incomplete")]
+
+    # a stale row (a spec that no longer exists: another digest) sits in the committed table
+    stale = {**first[0], "run": run_name(a)[:-8] + "00000000"}
+    with table.open("a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=list(first[0]), lineterminator="\n").writerow(stale)
+
+    # machine B: b finished there, c (seed 1) too; it never held a
+    _fake_run(tmp_path / "B", b, 50.0, 3)
+    _fake_run(tmp_path / "B", c, 45.0, 2)
+    collect("sample_efficiency", "smoke", with_seeds(specs, 2), tmp_path / "B", results)
+    rows = {r["run"]: r for r in _rows(table)}
+    assert set(rows) == {run_name(a), run_name(b), run_name(c)}
+    assert rows[run_name(a)] == first[0]  # kept as committed, cell for cell
+    assert (rows[run_name(b)]["status"], rows[run_name(b)]["top1"]) == ("done", "50.0")
+    per_run = [r["run"] for r in _rows(curves)]
+    assert per_run.count(run_name(a)) == 2 and per_run.count(run_name(b)) == 3
+    assert [r["run"] for r in _rows(locality)].count(run_name(a)) == 2
+
+    # machine C reruns a and is at epoch 1: the committed finished run stays
+    _fake_run(tmp_path / "C", a, None, 1)
+    collect("sample_efficiency", "smoke", specs, tmp_path / "C", results)
+    rows = {r["run"]: r for r in _rows(table)}
+    assert rows[run_name(a)] == first[0]
+    assert [r["run"] for r in _rows(curves)].count(run_name(a)) == 2
+
+
+def test_skip_collected_trains_only_what_results_lack(tmp_path: Path) -> None:
+    """--skip-collected: a fresh machine does not retrain a run another machine finished and collected, but
+    an evaluation that reads such a run's checkpoint still gets it trained here."""
+    from experiments.collect import collect
+
+    specs = load_suite("sample_efficiency").specs("smoke")
+    done, results = specs[0], tmp_path / "results"
+    _fake_run(tmp_path / "elsewhere", done, 40.0, 1)
+    collect("sample_efficiency", "smoke", specs, tmp_path / "elsewhere", results)
+    common = ["--scale", "smoke", "--dry-run", "--workdir", str(tmp_path / "here"), "--results", str(results)]
+    proc = launch("sample_efficiency", *common, "--skip-collected")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 run(s) already done in" in proc.stdout
+    planned = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith("#")]
+    assert run_name(done) not in planned and run_name(specs[1]) in planned
+    assert run_name(done) in launch("sample_efficiency", *common).stdout  # opt-in only
+
+    # masking reads the f = 1 Ti runs' checkpoints: collected or not, they are trained where it evaluates
+    masking = load_suite("masking").specs("smoke")
+    sources = [s for s in masking if not is_eval(s)]
+    for source in sources:
+        _fake_run(tmp_path / "elsewhere", source, 50.0, 1)
+    collect("sample_efficiency", "smoke", specs, tmp_path / "elsewhere", results)
+    proc = launch("masking", *common, "--skip-collected")
+    assert proc.returncode == 0, proc.stderr
+    assert all(run_name(s) in proc.stdout for s in sources)
 
 
 def test_local_parallel_is_a_pool_refilled_as_each_run_ends(tmp_path: Path) -> None:
