@@ -30,6 +30,9 @@ import pandas as pd
 
 from experiments import collect as _collect
 
+# the columns of ``results/cpu_budget/gating.csv``, as its writer (``cpu_budget.py --collect``) defines them
+from experiments.cpu_budget import GATING_FIELDS as BUDGET_GATING_COLUMNS
+
 __all__ = [
     "CURVE_COLUMNS",
     "LOCALITY_COLUMNS",
@@ -422,20 +425,6 @@ def load_paper(name: str, paper_dir: str | Path | None = None) -> pd.DataFrame:
     if "source" not in df.columns or df["source"].isna().any():
         raise ResultsSchemaError(f"{path}: every paper number needs a source")
     return df
-
-
-#: columns of ``results/cpu_budget/gating.csv`` (written by ``experiments/cpu_budget.py --collect``)
-BUDGET_GATING_COLUMNS = (
-    "family",
-    "strength",
-    "images",
-    "run",
-    "epoch",
-    "images_seen",
-    "layer",
-    "head",
-    "gate_sigma",
-)
 
 
 def load_budget_gating(results_dir: str | Path | None = None) -> pd.DataFrame:

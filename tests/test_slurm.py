@@ -176,36 +176,45 @@ def test_scontrol_requeue_resumes_from_the_run_directory(
     assert "caught SIGTERM" in (submitted[0].stderr() or "")
 
 
+def _submit_one(tmp_path: Path, data_root: Path, profile: jobs.Profile, epochs: int, name: str):
+    (job,) = jobs.submit(
+        [jobs.TrainJob(smoke_spec(epochs=epochs, eval_every=epochs), tmp_path / "run", data_root)],
+        cluster="slurm",
+        folder=tmp_path / "submitit",
+        profile=profile,
+        timeout_min=5,
+        name=name,
+    )
+    return job
+
+
+def _suspend(job) -> None:
+    """``scontrol suspend`` the job, wait until sacct shows it, and check that submitit's cache (refreshed as
+    its watcher does every few seconds) says SUSPENDED while jobs.done still says not done."""
+    subprocess.run(["scontrol", "suspend", job.job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 60
+    while "SUSPENDED" not in _sacct_states(job.job_id):
+        assert time.monotonic() < deadline, f"sacct never showed SUSPENDED: {_sacct_states(job.job_id)}"
+        time.sleep(1)
+    job.done(force_check=True)
+    assert job.state == "SUSPENDED" and not jobs.done(job)
+
+
 def test_a_suspended_job_is_waited_for_not_reported_failed(
     tmp_path: Path, fixture_data_root: Path, profile: jobs.Profile
 ) -> None:
     # submitit's watcher counts SUSPENDED as final (its list of unfinished states lacks it): job.done() turns
     # true and job.result() raises "has not produced any output". jobs.done must keep waiting, and the job,
     # resumed, must end as if never paused.
-    spec = smoke_spec(epochs=4, eval_every=4)
-    (job,) = jobs.submit(
-        [jobs.TrainJob(spec, tmp_path / "run", fixture_data_root)],
-        cluster="slurm",
-        folder=tmp_path / "submitit",
-        profile=profile,
-        timeout_min=5,
-        name="test-suspend",
-    )
+    job = _submit_one(tmp_path, fixture_data_root, profile, epochs=4, name="test-suspend")
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 150
     while not (metrics.exists() and metrics.read_text().strip()):
         assert time.monotonic() < deadline, "the job logged no epoch in time"
         assert not (tmp_path / "run" / "result.json").exists(), "the run ended before it could be suspended"
         time.sleep(0.5)
-    subprocess.run(["scontrol", "suspend", job.job_id], check=True, timeout=30)
     try:
-        deadline = time.monotonic() + 60
-        while "SUSPENDED" not in _sacct_states(job.job_id):
-            assert time.monotonic() < deadline, f"sacct never showed SUSPENDED: {_sacct_states(job.job_id)}"
-            time.sleep(1)
-        job.done(force_check=True)  # refreshes submitit's cached state, as its watcher does every few seconds
-        assert job.state == "SUSPENDED"
-        assert not jobs.done(job)
+        _suspend(job)
     finally:
         subprocess.run(["scontrol", "resume", job.job_id], check=True, timeout=30)
     (result,) = jobs.wait([job], timeout_s=240)
@@ -217,26 +226,12 @@ def test_a_suspended_job_that_is_cancelled_is_reported_not_waited_for_forever(
 ) -> None:
     # Once submitit's watcher has read SUSPENDED it never polls the job again (it counts the state final),
     # so its cached state stays SUSPENDED after an scancel: jobs.done must ask the scheduler and end.
-    spec = smoke_spec(epochs=50, eval_every=50)
-    (job,) = jobs.submit(
-        [jobs.TrainJob(spec, tmp_path / "run", fixture_data_root)],
-        cluster="slurm",
-        folder=tmp_path / "submitit",
-        profile=profile,
-        timeout_min=5,
-        name="test-suspend-cancel",
-    )
+    job = _submit_one(tmp_path, fixture_data_root, profile, epochs=50, name="test-suspend-cancel")
     deadline = time.monotonic() + 150
     while "RUNNING" not in _sacct_states(job.job_id):
         assert time.monotonic() < deadline, f"the job never ran: {_sacct_states(job.job_id)}"
         time.sleep(0.5)
-    subprocess.run(["scontrol", "suspend", job.job_id], check=True, timeout=30)
-    deadline = time.monotonic() + 60
-    while "SUSPENDED" not in _sacct_states(job.job_id):
-        assert time.monotonic() < deadline, f"sacct never showed SUSPENDED: {_sacct_states(job.job_id)}"
-        time.sleep(1)
-    job.done(force_check=True)
-    assert job.state == "SUSPENDED" and not jobs.done(job)
+    _suspend(job)
     subprocess.run(["scancel", job.job_id], check=True, timeout=30)
     deadline = time.monotonic() + 60
     while not jobs.done(job):
