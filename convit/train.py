@@ -63,11 +63,9 @@ from convit.recipe import (
     build_optimizer,
     build_scheduler,
     hard_distillation_loss,
+    set_lr,
     weight_decay_names,
 )
-from convit.recipe import set_lr as _set_lr
-from convit.rundir import Printer as _Printer
-from convit.sampling import Plan as _Plan
 from convit.spec import RunSpec, SpecError
 from convit.train_errors import NonFiniteLoss, Preempted, RunInUse, SpecMismatch, TrainError
 
@@ -211,7 +209,7 @@ class _Engine:
         self.data_root = data_root
         self.teacher_path = teacher_path
         self.should_stop = should_stop or (lambda: False)
-        self.say = _Printer(ctx.is_main)
+        self.say = rundir.Printer(ctx.is_main)
         self.recipe = spec.recipe
         self.progress_every_s = progress_every_s
         self.numerics: cudaconf.Numerics | None = None  # set by run(): what env.json records
@@ -229,7 +227,7 @@ class _Engine:
             )
         self.train_ds, self.val_ds = data.build_datasets(spec.data, recipe, self.data_root)
         self.num_classes = spec.data.num_classes or data.dataset_info(spec.data.name).num_classes
-        self.plan = _Plan(spec, ctx, len(self.train_ds), self.say)
+        self.plan = sampling.Plan(spec, ctx, len(self.train_ds), self.say)
 
         torch.manual_seed(spec.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
         model = models.create(
@@ -436,7 +434,7 @@ class _Engine:
     def _train_epoch(self, epoch: int, start_step: int) -> None:
         spec, plan, ctx, recipe = self.spec, self.plan, self.ctx, self.recipe
         self.batches.batches = sampling.epoch_batches(spec, plan, ctx, self.sampler, epoch, start_step)
-        _set_lr(self.scheduler, recipe, epoch, self.global_step)
+        set_lr(self.scheduler, recipe, epoch, self.global_step)
         self.ddp.train()
         t0 = time.monotonic()
         progress = EpochProgress(
@@ -509,7 +507,7 @@ class _Engine:
         train_loss = self.loss_sum / max(self.loss_count, 1)
         images_per_s = steps_done * plan.global_batch / train_time if train_time > 0 else 0.0
         if recipe.lr_schedule == "epoch_lagged":
-            # what the original does after the epoch; _set_lr reapplies it on resume
+            # what the original does after the epoch; set_lr reapplies it on resume
             self.scheduler.step(epoch)
 
         entry: dict[str, Any] = {

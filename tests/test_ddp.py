@@ -25,7 +25,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Subset
 
-from convit import checkpoint, data, distributed, models, train
+from convit import checkpoint, data, distributed, models, rundir, sampling, train
 from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
 
 TINY = {"patch_size": 8, "depth": 2, "local_up_to_layer": 1, "num_heads": 4, "head_dim": 8}
@@ -146,4 +146,4 @@ def test_uneven_accumulation_and_world_size_arithmetic_is_refused(tmp_path, fixt
     spec = replace(ddp_spec(), resources=ResourceSpec(workers=0))
     ctx = distributed.DistContext(0, 3, 0, torch.device("cpu"), owns_group=False)
     with pytest.raises(train.TrainError, match="not divisible by world size 3"):
-        train._Plan(spec, ctx, 100, train._Printer(False))
+        sampling.Plan(spec, ctx, 100, rundir.Printer(False))

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from convit import models, train
+from convit.recipe import set_lr
 from convit.spec import DataSpec, ModelSpec, ProbeSpec, RecipeSpec, ResourceSpec, RunSpec
 
 TINY_MODEL = {"patch_size": 8, "depth": 2, "local_up_to_layer": 1, "num_heads": 4, "head_dim": 8}
@@ -208,10 +209,10 @@ def test_lr_per_step_schedule():
     sched = train.build_scheduler(opt, recipe, steps_per_epoch=5)
     assert recipe.peak_lr() == pytest.approx(1e-3)
     for step in (0, 1, 9, 10, 11, 25, 49):
-        train._set_lr(sched, recipe, epoch=step // 5, global_step=step)
+        set_lr(sched, recipe, epoch=step // 5, global_step=step)
         for group in opt.param_groups:
             assert group["lr"] == pytest.approx(_reference_lr(recipe, step, 10, 50), rel=1e-12)
-    train._set_lr(sched, recipe, epoch=0, global_step=0)
+    set_lr(sched, recipe, epoch=0, global_step=0)
     assert opt.param_groups[0]["lr"] == recipe.warmup_lr
 
 
@@ -221,7 +222,7 @@ def test_lr_epoch_lagged_schedule_reproduces_the_original_one_epoch_lag():
     sched = train.build_scheduler(opt, recipe, steps_per_epoch=7)
     seen = []
     for epoch in range(10):
-        train._set_lr(sched, recipe, epoch=epoch, global_step=epoch * 7 + 3)  # mid-epoch: constant in epoch
+        set_lr(sched, recipe, epoch=epoch, global_step=epoch * 7 + 3)  # mid-epoch: constant in epoch
         seen.append(opt.param_groups[0]["lr"])
     assert seen[0] == seen[1] == recipe.warmup_lr  # epochs 0 and 1 both at 1e-6
     for epoch in range(1, 10):
