@@ -25,14 +25,19 @@ at the scale's ~5e5 images ConViT-Ti's largest move is 0.041 (``results/interpre
 multiplies the scale's image budget (its base epochs, and its evaluations so that every f = 1 epoch is still
 probed), the warm-up and everything else unchanged, to *measure* what budget the gates need instead of
 extrapolating from the 1x run's drift. It is a measurement of the scale, not a suite run: its run
-directory has its own spec digest and its numbers go to ``results/cpu_budget/`` only.
+directory has its own spec digest and its numbers go to ``results/cpu_budget/`` only. Outcome (2026-12-02,
+seed 0): at 2x the fastest head (layer 2, head 2) moves 0.078, 1.9x the 1x move and still under 0.1; at
+that rate the gate needs ~2.6x (~1.3e6 images per run, ~12 h per seed for the suite on a machine where 1x
+costs ~4.5 h). The scale stays at 1x, within the issue's ~5 h per seed; the report calls F5/F6
+under-trained (``results/interpretation.md``). ConViT-Ti's top-1 at 2x: 78.49% (1x: 70.82%).
 
 ``--collect DIR`` writes ``DIR/curves.csv`` (every measured run's learning curve so far) and
 ``DIR/gating.csv`` (ConViT runs' sigma(lambda) per probe, layer and head), finished or not.
 
 Cost: ~5e5 training images per 1x run (10 epochs at f = 1); measured ~1.7 h for a pair side by side on 2
-cores when nothing else runs (they took ~4 h beside other work: 14609 s of wall time for "light"); a 2x
-run ~3.5 h in one of the two slots.
+cores when nothing else runs on the first machine (they took ~4 h beside other work: 14609 s of wall time
+for "light"); the 2x run took 3,507 s alone on both cores of the second machine (one run takes every core:
+~300 img/s there, against ~155 img/s per run for two side by side).
 """
 
 from __future__ import annotations
