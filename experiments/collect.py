@@ -51,6 +51,11 @@ def run_dir(workdir: str | Path, spec: RunSpec) -> Path:
     return Path(workdir) / str(spec.tags["suite"]) / str(spec.tags["scale"]) / run_name(spec)
 
 
+def _homes(specs: list[RunSpec]) -> list[tuple[str, str]]:
+    """The (home suite, scale) folders the runs of ``specs`` live in (shared runs live in their home's)."""
+    return sorted({(str(s.tags["suite"]), str(s.tags["scale"])) for s in specs})
+
+
 def _key(spec_dict: dict[str, Any]) -> str:
     return json.dumps({**spec_dict, "seed": 0}, sort_keys=True)
 
@@ -121,9 +126,8 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
     delete its rows from the CSVs.
     """
     order = {_key(s.to_dict()): i for i, s in reversed(list(enumerate(specs)))}
-    homes = sorted({(str(s.tags["suite"]), str(s.tags["scale"])) for s in specs})
     found: list[tuple[int, int, str, RunSpec, Path]] = []
-    for home, sc in homes:
+    for home, sc in _homes(specs):
         folder = Path(workdir) / home / sc
         if not folder.is_dir():
             continue
@@ -152,6 +156,7 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
     out = Path(results) / suite
     committed_header, committed = read_csv(out / f"{scale}.csv")
     kept = set()
+    names_at: dict[int, dict[str, int]] = {}  # seed -> {run name of a spec at that seed: spec index}
     for row in committed:
         name = row.get("run", "")
         if name in runs and (runs[name]["status"] == "done" or row.get("status") != "done"):
@@ -160,12 +165,15 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
             seed = int(row.get("seed", ""))
         except ValueError:
             continue
-        for index, spec in enumerate(specs):
-            if run_name(dataclasses.replace(spec, seed=seed)) == name:
-                rank[name], runs[name] = (index, seed, name), row
-                curves[name], locality[name] = [], []
-                kept.add(name)
-                break
+        if seed not in names_at:
+            names_at[seed] = {}
+            for i, spec in reversed(list(enumerate(specs))):
+                names_at[seed][run_name(dataclasses.replace(spec, seed=seed))] = i
+        index = names_at[seed].get(name)
+        if index is not None:
+            rank[name], runs[name] = (index, seed, name), row
+            curves[name], locality[name] = [], []
+            kept.add(name)
     if kept:
         for c in committed_header[len(RUN_COLUMNS) :]:
             if c not in ("status", "teacher_sha256") and c not in tag_columns:
@@ -188,7 +196,7 @@ def collect(suite: str, scale: str, specs: list[RunSpec], workdir: str | Path, r
 def collected_done(results: str | Path, specs: list[RunSpec]) -> set[str]:
     """The names of those of ``specs`` whose row in ``results`` (their home suite's CSV) says done."""
     done: set[str] = set()
-    for home, sc in sorted({(str(s.tags["suite"]), str(s.tags["scale"])) for s in specs}):
+    for home, sc in _homes(specs):
         rows = read_csv(Path(results) / home / f"{sc}.csv")[1]
         done |= {r["run"] for r in rows if r.get("status") == "done"}
     return done & {run_name(s) for s in specs}

@@ -138,14 +138,17 @@ def collect(
     Returns the number of rows of each."""
     import json
 
+    # a run this workdir holds a shorter record of (or none) keeps the rows collected earlier, on another
+    # machine say: collecting here must not erase a measurement committed from there
+    _, old_curves = read_csv(out_dir / "curves.csv")
+    _, old_gating = read_csv(out_dir / "gating.csv")
     curves, gating = [], []
     for family, strength, images in measured:
         spec = budget_spec(strength, fraction, seed, family=family, images=images)
         d = run_dir(workdir, spec)
         metrics = d / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
-        for line in metrics.read_text().splitlines():
+        here, here_gating = [], []
+        for line in metrics.read_text().splitlines() if metrics.is_file() else []:
             rec = json.loads(line)
             per_epoch = rec["step"] / rec["epoch"] * spec.recipe.batch_size  # optimiser steps x batch
             key = {
@@ -156,7 +159,7 @@ def collect(
                 "epoch": rec["epoch"],
             }
             seen = int(rec["epoch"] * per_epoch)
-            curves.append(
+            here.append(
                 {
                     **key,
                     "images_seen": seen,
@@ -169,7 +172,7 @@ def collect(
             )
             for layer, heads in enumerate(rec.get("gate_sigma") or [], start=1):
                 for head, sigma in enumerate(heads, start=1):
-                    gating.append(
+                    here_gating.append(
                         {
                             **key,
                             "images_seen": seen,
@@ -178,23 +181,12 @@ def collect(
                             "gate_sigma": round(sigma, 5),
                         }
                     )
-    # a run this workdir holds a shorter record of (or none) keeps the rows collected earlier, on another
-    # machine say: collecting here must not erase a measurement committed from there
-    _, old_curves = read_csv(out_dir / "curves.csv")
-    _, old_gating = read_csv(out_dir / "gating.csv")
-    merged_curves, merged_gating = [], []
-    for family, strength, images in measured:
-        name = run_dir(workdir, budget_spec(strength, fraction, seed, family=family, images=images)).name
-        here = [r for r in curves if r["run"] == name]
-        before = [r for r in old_curves if r["run"] == name]
+        before = [r for r in old_curves if r["run"] == d.name]
         if len(before) > len(here):
-            print(f"[cpu_budget] {name}: kept {len(before)} epoch(s) collected earlier ({len(here)} here)")
-            merged_curves += before
-            merged_gating += [r for r in old_gating if r["run"] == name]
-        else:
-            merged_curves += here
-            merged_gating += [r for r in gating if r["run"] == name]
-    curves, gating = merged_curves, merged_gating
+            print(f"[cpu_budget] {d.name}: kept {len(before)} epoch(s) collected earlier ({len(here)} here)")
+            here, here_gating = before, [r for r in old_gating if r["run"] == d.name]
+        curves += here
+        gating += here_gating
     _write(out_dir / "curves.csv", CURVE_FIELDS, curves)
     _write(out_dir / "gating.csv", GATING_FIELDS, gating)
     return len(curves), len(gating)
