@@ -20,11 +20,15 @@
 # Cost, measured on this 2-core machine with two runs side by side (~70-80 img/s each when nothing else
 # runs): ~1.5-2 h per sample-efficiency run (5e5 images), ~8.5 h per seed for the suite; Table 3's Ti+
 # rows are slower per image (128 wide, half batch).
+#
+# CONVIT_PARALLEL (default 2) is how many runs train at once. Two side by side give ~15% more images per
+# second in all; one at a time (CONVIT_PARALLEL=1, two threads) finishes each run in about half the time,
+# so a machine that may be gone after a session loses at most one unfinished run.
 set -u
 export CONVIT_RUNS
 : "${CONVIT_RUNS:?set CONVIT_RUNS to a folder outside the checkout (run directories resume from there)}"
 cd "$(dirname "$0")/.."
-launch() { python experiments/launch.py "$@" --scale cpu --seeds 2 --parallel 2 --skip-collected; }
+launch() { python experiments/launch.py "$@" --scale cpu --seeds 2 --parallel "${CONVIT_PARALLEL:-2}" --skip-collected; }
 
 python experiments/cpu_budget.py --family convit --strength none --images 2 --skip-collected
 python experiments/cpu_budget.py --collect results/cpu_budget
