@@ -17,8 +17,9 @@
 # probes of the same runs). Each launch collects its CSVs into results/ when it ends (keeping the rows other
 # machines collected); the budget run's: python experiments/cpu_budget.py --collect results/cpu_budget.
 #
-# Cost, measured on this 2-core machine with two runs side by side (~70-80 img/s each when nothing else
-# runs): ~1.5-2 h per sample-efficiency run (5e5 images), ~8.5 h per seed for the suite; Table 3's Ti+
+# Cost of a sample-efficiency run (5e5 images), measured on three 2-core machines: ~1.5-2 h with two side
+# by side at ~70-80 img/s each on the first (~8.5 h per seed for the suite), ~50-54 min at 140-185 img/s
+# each on the second, 40-48 min one at a time at ~225 img/s on the third (~7 h per seed). Table 3's Ti+
 # rows are slower per image (128 wide, half batch).
 #
 # CONVIT_PARALLEL (default 2) is how many runs train at once. Two side by side give ~15% more images per
