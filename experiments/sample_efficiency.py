@@ -38,11 +38,12 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
   on the first 2-core machine, i.e. ~1.7 h per run and ~8.6 h for the 10 with ``--parallel 2`` (tests or
   helpers beside them cut that to 7-50 img/s); ~140-185 img/s per run (~1 h) on the machine of 2026-12-02;
   one at a time at ~225 img/s (~40-48 min per run) on the third.
-  Measured so far (seeds 0 / 1): at f = 1 DeiT-Ti 67.73% / 66.67%, ConViT-Ti 70.82% / 71.00%; at f = 0.5
-  DeiT-Ti 66.15% / 65.17%, ConViT-Ti 70.30% / 69.02% (paired gap +4.00 [+2.09, +5.91]); at f = 0.3 DeiT-Ti
-  64.38% / 63.81%, ConViT-Ti 68.78% (seed 0); at f = 0.1 DeiT-Ti 56.98% / 59.18%, ConViT-Ti 65.14% / 63.57%
-  (paired gap +6.28 [-17.68, +30.23]); at f = 0.05 DeiT-Ti 48.58% / 48.93%, ConViT-Ti 57.90% / 56.93% (paired
-  gap +8.66 points, 95% interval [+0.27, +17.05]; the paper's ConViT-S vs DeiT-S at 5%:
+  Measured (seeds 0 / 1; every run committed): at f = 1 DeiT-Ti 67.73% / 66.67%, ConViT-Ti 70.82% / 71.00%; at
+  f = 0.5 DeiT-Ti 66.15% / 65.17%, ConViT-Ti 70.30% / 69.02% (paired gap +4.00 [+2.09, +5.91]); at f = 0.3
+  DeiT-Ti 64.38% / 63.81%, ConViT-Ti 68.78% / 68.73% (paired gap +4.66 [+1.36, +7.96]); at f = 0.1 DeiT-Ti
+  56.98% / 59.18%, ConViT-Ti 65.14% / 63.57% (paired gap +6.28 [-17.68, +30.23]); at f = 0.05 DeiT-Ti 48.58% /
+  48.93%, ConViT-Ti 57.90% / 56.93% (paired gap +8.66 points, 95% interval [+0.27, +17.05]; the paper's
+  ConViT-S vs DeiT-S at 5%:
   47.8 vs 34.8). Run it in the background with ``CONVIT_RUNS``
   outside the checkout: a relaunch resumes; on a new machine ``--skip-collected`` trains only what
   ``results/`` lacks. (ConViT-Ti stands for ConViT-S: 9-head models
