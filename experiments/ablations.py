@@ -43,9 +43,8 @@ S+ (~10 GMAC per image), the grid 10 runs on 100 classes; reduced ~7 GPU-hours f
 layers {0, 2, 3, 4 (the default), 5}, 10 x 1/f epochs, batch 32, the cpu scale's regularisation): 5x the
 images of the 2026-11 scale; measured: ~125 img/s one run at a time on a whole 2-core machine (row a, 10%,
 seed 0: 4,020 s for its 100 epochs, 65.59% top-1), so ~16 h for the 14 at 10% (``--dry-run`` says 1.48 h per
-run, 20.8 h in all); run ``--only
-'table3-*-f0.1-*'`` (the small-data half, where the claims are) first, then the full-data rows (``--only
-'table3-?-s*'``) and ``--only 'grid-*'`` as separate jobs; smoke seconds.
+run, 20.8 h in all); run ``--only 'table3-*-f0.1-*'`` (the small-data half, where the claims are) first, then
+the full-data rows (``--only 'table3-?-s*'``) and ``--only 'grid-*'`` as separate jobs; smoke seconds.
 """
 
 from __future__ import annotations

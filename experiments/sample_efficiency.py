@@ -43,11 +43,9 @@ Cost (``--dry-run`` prints the per-run estimate from FLOPs):
   DeiT-Ti 64.38% / 63.81%, ConViT-Ti 68.78% / 68.73% (paired gap +4.66 [+1.36, +7.96]); at f = 0.1 DeiT-Ti
   56.98% / 59.18%, ConViT-Ti 65.14% / 63.57% (paired gap +6.28 [-17.68, +30.23]); at f = 0.05 DeiT-Ti 48.58% /
   48.93%, ConViT-Ti 57.90% / 56.93% (paired gap +8.66 points, 95% interval [+0.27, +17.05]; the paper's
-  ConViT-S vs DeiT-S at 5%:
-  47.8 vs 34.8). Run it in the background with ``CONVIT_RUNS``
-  outside the checkout: a relaunch resumes; on a new machine ``--skip-collected`` trains only what
-  ``results/`` lacks. (ConViT-Ti stands for ConViT-S: 9-head models
-  cost ~2x more per image on a CPU.) The README's main job.
+  ConViT-S vs DeiT-S at 5%: 47.8 vs 34.8). Run it in the background with ``CONVIT_RUNS`` outside the checkout:
+  a relaunch resumes; on a new machine ``--skip-collected`` trains only what ``results/`` lacks. (ConViT-Ti
+  stands for ConViT-S: 9-head models cost ~2x more per image on a CPU.) The README's main job.
 * smoke: seconds per run.
 """
 
