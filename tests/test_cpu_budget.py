@@ -173,7 +173,8 @@ def test_the_evidence_driver_queues_what_it_says() -> None:
     """experiments/cpu_evidence.sh: its first sample-efficiency launch holds every pair of f = 0.05, 1, 0.5
     and 0.1 (both families of one fraction and seed next to each other, so that the two slots train a pair
     side by side), the headline fractions first; every launch skips what results/ holds, so a new machine
-    does not retrain what an earlier one committed; the gating-budget run comes first, alone. A glob typo
+    does not retrain what an earlier one committed; the gating-budget run comes first, alone; the masking
+    retrain keeps out of the sample-efficiency run folder; the third seed is last and whole. A glob typo
     would silently queue nothing (or everything)."""
     import re
 
@@ -189,8 +190,14 @@ def test_the_evidence_driver_queues_what_it_says() -> None:
     assert [run_name(s).split("-")[0] for s in queued] == ["deit", "convit"] * 8
     assert {f for f, _ in pairs[:8]} == {0.05, 1.0} and {f for f, _ in pairs[8:]} == {0.5, 0.1}
     lines = script.splitlines()
-    launches = [i for i, line in enumerate(lines) if line.startswith("launch ")]
-    assert len(launches) == 5
-    assert "--skip-collected" in next(line for line in lines if line.startswith("launch()"))
+    launches = [i for i, line in enumerate(lines) if re.match(r"([A-Z_]+=\S+ )*launch ", line)]
+    assert len(launches) == 6
+    body = script[script.index("launch() {") : script.index("\n}", script.index("launch() {"))]
+    assert "--skip-collected" in body and '--seeds "${SEEDS:-2}"' in body
+    # the masking retrain trains in a run folder of its own (it must not replace the collected f = 1 rows),
+    # and the third seed comes last, over every fraction (no --only: no fraction picked by its results)
+    masking = next(line for line in lines if "launch masking" in line)
+    assert masking.startswith("CONVIT_RUNS=$CONVIT_RUNS/") and lines.index(masking) in launches
+    assert lines[launches[-1]] == "SEEDS=3 launch sample_efficiency"
     budget = next(i for i, line in enumerate(lines) if "cpu_budget.py --family" in line)
     assert budget < launches[0] and "--skip-collected" in lines[budget]
