@@ -149,3 +149,13 @@ def test_verdict_table_for_the_notebooks() -> None:
     assert text.startswith("Summary: 2 reproduced, 0 not reproduced, 0 inconclusive (under-trained), 1 inc")
     assert "| T2-every |" in text and "| T1-all |" not in text
     assert "pass beats pixels" in text and "pts [" in text
+
+
+def test_committed_report_is_what_the_committed_results_give() -> None:
+    """REPRODUCTION.md must be regenerated from results/ (and its interpretation.md) whenever either changes:
+    a hand edit of the reading committed without ``python -m analysis.report`` once left the report a version
+    behind. Rendering is a pure function of the committed CSVs, so the committed text must equal it."""
+    repo = Path(__file__).resolve().parents[1]
+    committed = repo / "REPRODUCTION.md"
+    rendered = report.render(report.evaluate(None), None, report.figures_folder(committed), repo)
+    assert rendered == committed.read_text(), "stale REPRODUCTION.md: run python -m analysis.report"
