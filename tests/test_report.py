@@ -159,3 +159,9 @@ def test_committed_report_is_what_the_committed_results_give() -> None:
     committed = repo / "REPRODUCTION.md"
     rendered = report.render(report.evaluate(None), None, report.figures_folder(committed), repo)
     assert rendered == committed.read_text(), "stale REPRODUCTION.md: run python -m analysis.report"
+
+
+def test_missing_rows_are_named_in_plain_words() -> None:
+    from analysis.claims.ablations import _rows
+
+    assert _rows(["d"]) == "row d" and _rows(["d", "e"]) == "rows d, e"

@@ -76,6 +76,11 @@ def _ablation_means(res: load.SuiteResults, which: str) -> tuple[pd.DataFrame, f
     return load.seed_summary(at, ["row"]), f, _seeds(at, ["row"])
 
 
+def _rows(absent: list[str]) -> str:
+    """``"row d"`` or ``"rows d, e"``: the caveat names what is absent in plain words."""
+    return ("row " if len(absent) == 1 else "rows ") + ", ".join(absent)
+
+
 def _ordering(chain: str, which: str) -> Callable[[load.SuiteResults], Outcome]:
     """Check the strict ordering ``chain`` (e.g. "abde" means a > b > d > e) on seed means."""
 
@@ -84,7 +89,7 @@ def _ordering(chain: str, which: str) -> Callable[[load.SuiteResults], Outcome]:
         by = s.set_index("row")
         absent = [r for r in chain if r not in by.index]
         if absent:
-            raise Missing(f"rows {', '.join(absent)} missing at fraction {f:g}")
+            raise Missing(f"{_rows(absent)} missing at fraction {f:g}")
         means = [by.at[r, "mean"] for r in chain]
         holds = all(x > y for x, y in zip(means, means[1:], strict=False))
         ours = f"fraction {f:g}: " + ", ".join(f"{r} {_fmt(m)}" for r, m in zip(chain, means, strict=True))
@@ -103,7 +108,7 @@ def check_t3_full(res: load.SuiteResults) -> Outcome:
     need = list("abcde")
     absent = [r for r in need if r not in by.index]
     if absent:
-        raise Missing(f"rows {', '.join(absent)} missing at full data")
+        raise Missing(f"{_rows(absent)} missing at full data")
     m = by["mean"]
     holds = m["a"] == m[need].max() and all(m[r] > m["e"] for r in "abcd")
     ours = "full: " + ", ".join(f"{r} {_fmt(m[r])}" for r in need)
@@ -126,7 +131,7 @@ def check_t3_frozen(res: load.SuiteResults) -> Outcome:
     for frame, f in ((ms, fs), (mf, ff)):
         absent = [r for r in "efg" if r not in frame.index]
         if absent:
-            raise Missing(f"rows {', '.join(absent)} missing at fraction {f:g}")
+            raise Missing(f"{_rows(absent)} missing at fraction {f:g}")
     holds = (
         ms.at["f", "mean"] > ms.at["g", "mean"]
         and mf.at["f", "mean"] > mf.at["g", "mean"]
