@@ -155,9 +155,8 @@ def test_committed_report_is_what_the_committed_results_give() -> None:
     """REPRODUCTION.md must be regenerated from results/ (and its interpretation.md) whenever either changes:
     a hand edit of the reading committed without ``python -m analysis.report`` once left the report a version
     behind. Rendering is a pure function of the committed CSVs, so the committed text must equal it."""
-    repo = Path(__file__).resolve().parents[1]
-    committed = repo / "REPRODUCTION.md"
-    rendered = report.render(report.evaluate(None), None, report.figures_folder(committed), repo)
+    committed = report.load.REPO / "REPRODUCTION.md"
+    rendered = report.render(report.evaluate(None), None, report.figures_folder(committed), report.load.REPO)
     assert rendered == committed.read_text(), "stale REPRODUCTION.md: run python -m analysis.report"
 
 
