@@ -43,10 +43,10 @@ S+ (~10 GMAC per image), the grid 10 runs on 100 classes; reduced ~7 GPU-hours f
 layers {0, 2, 3, 4 (the default), 5}, 10 x 1/f epochs, batch 32, the cpu scale's regularisation): 5x the
 images of the 2026-11 scale; measured: ~115-125 img/s one run at a time on a whole 2-core machine (rows a-g,
 10%, seed 0: 4,020-4,500 s for their 100 epochs; 65.59, 64.65, 62.02, 60.91, 58.04, 62.83, 60.94% top-1; seed
-1 on a faster machine, ~30 s per epoch: a 3,022 s, 64.38%; b 3,174 s, 64.08%), so ~16 h for the 14 at 10%
-(``--dry-run`` says 1.48 h per run, 20.8 h in all); run ``--only 'table3-*-f0.1-*'`` (the small-data half,
-where the claims are) first, then the full-data rows (``--only 'table3-?-s*'``) and ``--only 'grid-*'`` as
-separate jobs; smoke seconds.
+1 on a faster machine, ~30 s per epoch: a 3,022 s, 64.38%; b 3,174 s, 64.08%; c 2,910 s, 61.31%), so ~16 h for
+the 14 at 10% (``--dry-run`` says 1.48 h per run, 20.8 h in all); run ``--only 'table3-*-f0.1-*'`` (the
+small-data half, where the claims are) first, then the full-data rows (``--only 'table3-?-s*'``) and ``--only
+'grid-*'`` as separate jobs; smoke seconds.
 """
 
 from __future__ import annotations
